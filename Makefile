@@ -1,0 +1,44 @@
+# plantprint — every target sets up what it needs on a fresh machine.
+#   make demo   the simulated plant end to end
+#   make test   lint, type checks and the whole suite against real local services
+#   make bench  the benchmark table (bench-out/bench.json)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.plantprint-installed
+
+.PHONY: venv demo test bench lint services-up services-down clean
+
+$(STAMP): pyproject.toml deploy/setup-system.sh
+	bash deploy/setup-system.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy edge ingest compute simulators deploy bench
+
+test: lint
+	$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+demo: $(STAMP)
+	$(PY) -m deploy.demo
+
+services-up: $(STAMP)
+	$(PY) -m deploy.devstack up
+
+services-down:
+	@if [ -x $(PY) ]; then $(PY) -m deploy.devstack down; else echo "no .venv: nothing was started"; fi
+
+clean: services-down
+	rm -rf .state bench-out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks for plantprint: `make bench` (python -m bench)."""

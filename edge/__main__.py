@@ -1,0 +1,100 @@
+"""``python -m edge --config site.toml [--check | --init-key]`` (script ``plantprint-edge``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from edge import wire
+from edge.config import AgentConfig, ConfigError, load_config
+
+logger = logging.getLogger("edge")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m edge", description="plantprint edge agent")
+    ap.add_argument("--config", required=True, type=Path, help="site config (TOML)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="read every configured point once, print a table, exit 1 if any failed")
+    mode.add_argument("--init-key", action="store_true",
+                      help="write a new Ed25519 signing key to signing_key (never overwrites) "
+                           "and print its public key for the server's gateway list")
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+def init_key(config: AgentConfig) -> int:
+    path = config.signing_key
+    if path.exists():
+        print(f"{path}: exists, not overwritten", file=sys.stderr)
+        try:
+            key = wire.load_private_key(path)
+        except ValueError as exc:  # the message names the file
+            print(f"key error: {exc}; move the file away to create a new key",
+                  file=sys.stderr)
+            return 2
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = wire.generate_private_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(wire.private_key_pem(key))
+    print(f"{config.gateway} {wire.public_key_b64(key)}")
+    return 0
+
+
+async def run_agent(config: AgentConfig) -> None:
+    from edge.agent import Agent
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Agent(config) as agent:
+        waiter = asyncio.create_task(agent.wait())
+        stopper = asyncio.create_task(stop.wait())
+        done, pending = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if waiter in done:
+            waiter.result()  # re-raise a loop failure
+        logger.info("gateway %s: stopping", config.gateway)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we log per meter ourselves
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.init_key:
+        return init_key(config)
+    if args.check:
+        from edge.check import check
+
+        return check(config)
+    from edge.agent import AgentError
+
+    try:
+        asyncio.run(run_agent(config))
+    except AgentError as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

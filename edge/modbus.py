@@ -1,0 +1,345 @@
+"""Modbus TCP poller: one per meter, block reads decoded in one pass, failures isolated.
+
+A :class:`ModbusPoller` owns one connection (``AsyncModbusTcpClient``, its own
+reconnect disabled) and a fixed read plan built from the meter's profile:
+grouped requests (``edge.requests``) and one :class:`~edge.registers.BlockDecoder`
+each. Errors are handled by kind, as in Telegraf and pymodbus:
+
+* exception 06 "device busy": the same request is retried ``busy_retries``
+  times, ``busy_retry_delay_s`` apart (each busy answer counts as kind ``busy``,
+  giving up as ``busy_exhausted``);
+* any other exception response is data: that block's points are missing this
+  cycle, the connection stays;
+* a timeout or a lost connection closes the client; the next cycle reconnects,
+  and failed connects back off exponentially up to ``reconnect_delay_max_s``
+  (cycles in between are skipped, not queued), so a dead meter costs the
+  others nothing: every poller runs in its own task on its own schedule.
+
+Readings are stamped with the gateway time their request was sent (the
+agent's :class:`~edge.clock.GatewayClock`, system time unless a simulator drill
+configures a scaled one), or with the meter's own clock register when the
+profile has one (``clock = "device"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, Final
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+
+from edge import metrics
+from edge.clock import GatewayClock, SystemClock
+from edge.config import ModbusDevice
+from edge.profiles import PointSpec
+from edge.registers import BlockDecoder, Field, Value, decode_raw
+from edge.requests import ReadRequest, plan_requests
+
+logger = logging.getLogger(__name__)
+
+DEVICE_BUSY: Final = 6
+
+
+class ModbusPollError(RuntimeError):
+    """One failed read or connect of a meter; ``kind`` labels the error metric."""
+
+    def __init__(self, meter: str, kind: str, message: str) -> None:
+        super().__init__(f"meter {meter}: {message}")
+        self.meter = meter
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRead:
+    """One request of the plan, with its decoder and the readings it yields."""
+
+    request: ReadRequest[PointSpec]
+    decoder: BlockDecoder
+    channels: tuple[str, ...]  # channels emitted as readings (the clock point is not)
+    units: tuple[str, ...]
+    keep: Callable[[Sequence[Value]], Any] | None  # picks emitted values; None: all
+    clock_index: int | None  # index of the clock point in the decoded values
+
+
+def _planned(request: ReadRequest[PointSpec]) -> PlannedRead:
+    points = request.points
+    fields = [
+        Field(p.address - request.address, p.type, p.word_order, p.scale, p.offset)
+        for p in points
+    ]
+    emit = [i for i, p in enumerate(points) if p.kind != "clock"]
+    clock = next((i for i, p in enumerate(points) if p.kind == "clock"), None)
+    keep = None if len(emit) == len(points) else _picker(emit)
+    return PlannedRead(
+        request,
+        BlockDecoder(request.count, fields),
+        tuple(points[i].channel for i in emit),
+        tuple(points[i].unit for i in emit),
+        keep,
+        clock,
+    )
+
+
+def _picker(indices: list[int]) -> Callable[[Sequence[Value]], Any]:
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda values: (values[only],)
+    return itemgetter(*indices)
+
+
+def build_plan(device: ModbusDevice) -> list[PlannedRead]:
+    """The fixed read plan of a meter (pure: no I/O)."""
+    requests = plan_requests(device.points, device.gap, device.request_limit)
+    return [_planned(r) for r in requests]
+
+
+@dataclass(slots=True)
+class BlockRead:
+    """What one request returned this cycle (kept for ``--check``)."""
+
+    read: PlannedRead
+    registers: Sequence[int] | None = None
+    values: Sequence[Value] | None = None
+    error: ModbusPollError | None = None
+
+
+@dataclass(slots=True)
+class PollResult:
+    """One poll cycle of one meter: columnar readings plus what went wrong."""
+
+    meter: str
+    poll_ns: int
+    channel: list[str] = field(default_factory=list)
+    ts_ns: list[int] = field(default_factory=list)
+    value: list[Value] = field(default_factory=list)
+    unit: list[str] = field(default_factory=list)
+    blocks: list[BlockRead] = field(default_factory=list)
+    errors: list[ModbusPollError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+
+def add_block(result: PollResult, read: PlannedRead, regs: Sequence[int], ts_ns: int) -> int:
+    """Decode one block into ``result`` (the hot path); returns the readings added."""
+    values = read.decoder.decode(regs)
+    emitted: Sequence[Value] = values if read.keep is None else read.keep(values)
+    channels, units = read.channels, read.units
+    if not all(map(math.isfinite, emitted)):
+        ok = [i for i, v in enumerate(emitted) if math.isfinite(v)]
+        dropped = len(emitted) - len(ok)
+        metrics.READ_ERRORS.labels(meter=result.meter, kind="not_finite").inc(dropped)
+        emitted = [emitted[i] for i in ok]
+        channels = tuple(channels[i] for i in ok)
+        units = tuple(units[i] for i in ok)
+    result.channel.extend(channels)
+    result.value.extend(emitted)
+    result.unit.extend(units)
+    result.ts_ns.extend([ts_ns] * len(emitted))
+    result.blocks.append(BlockRead(read, regs, values))
+    return len(emitted)
+
+
+def device_clock_ns(result: PollResult) -> int | None:
+    """The meter's own clock (epoch ns) if its profile has one and it was read.
+
+    Integer clocks convert exactly (epoch ms * 1 000 000), not through a float
+    of seconds, which would round to 256 ns at today's epoch.
+    """
+    for block in result.blocks:
+        idx = block.read.clock_index
+        if idx is None or block.registers is None:
+            continue
+        point = block.read.request.points[idx]
+        start = point.address - block.read.request.address
+        raw = decode_raw(block.registers[start : start + point.registers], point.type,
+                         point.word_order)
+        ns_per_count = point.scale * 1e9
+        if isinstance(raw, int) and ns_per_count == round(ns_per_count):
+            clock = raw * round(ns_per_count) + round(point.offset * 1e9)
+        elif math.isfinite(raw):
+            clock = round((raw * point.scale + point.offset) * 1e9)
+        else:
+            return None
+        return clock if clock > 0 else None
+    return None
+
+
+class ModbusPoller:
+    """Polls one meter on its own schedule; see the module docstring for error handling."""
+
+    def __init__(self, device: ModbusDevice, clock: GatewayClock | None = None) -> None:
+        self.device = device
+        self.meter = device.meter
+        self.clock: GatewayClock = clock if clock is not None else SystemClock()
+        self.plan = build_plan(device)
+        self._client: AsyncModbusTcpClient | None = None
+        self._delay = device.reconnect_delay_s
+        self._next_connect = 0.0  # monotonic time of the next allowed connect attempt
+        self.connects = 0
+
+    @property
+    def points(self) -> int:
+        return sum(len(r.channels) for r in self.plan)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def _new_client(self) -> AsyncModbusTcpClient:
+        dev = self.device
+        # reconnect_delay=0: pymodbus' own reconnect off, we back off per meter
+        return AsyncModbusTcpClient(
+            dev.host, port=dev.port, timeout=dev.timeout_s, retries=0,
+            reconnect_delay=0, name=f"modbus {dev.meter}",
+        )
+
+    async def start(self) -> None:
+        """First connect; a meter that is down now is retried by later cycles."""
+        try:
+            await self._ensure_connected()
+        except ModbusPollError as exc:
+            logger.warning("%s (will retry)", exc)
+
+    async def _ensure_connected(self) -> AsyncModbusTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise ModbusPollError(
+                self.meter, "connect", f"{self._endpoint}: waiting {self._next_connect - now:.1f} s"
+                " before the next connect attempt",
+            )
+        self._drop_client()
+        client = self._new_client()
+        self.connects += 1
+        metrics.RECONNECTS.labels(meter=self.meter).inc()
+        if not await client.connect():
+            client.close()
+            self._next_connect = time.monotonic() + self._delay
+            delay = self._delay
+            self._delay = min(delay * 2, self.device.reconnect_delay_max_s)
+            raise ModbusPollError(
+                self.meter, "connect",
+                f"cannot connect to {self._endpoint}, next try in {delay:.1f} s",
+            )
+        _set_nodelay(client)
+        self._client, self._delay = client, self.device.reconnect_delay_s
+        if self.device.workarounds.pause_after_connect_s:
+            await asyncio.sleep(self.device.workarounds.pause_after_connect_s)
+        logger.info("meter %s: connected to %s", self.meter, self._endpoint)
+        return client
+
+    @property
+    def _endpoint(self) -> str:
+        d = self.device
+        return f"{d.host}:{d.port} unit {d.unit_id}"
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def _read(self, client: AsyncModbusTcpClient, req: ReadRequest[PointSpec]) -> list[int]:
+        call = (
+            client.read_holding_registers if req.table == "holding" else client.read_input_registers
+        )
+        where = f"{req.table} {req.address}x{req.count} at {self._endpoint}"
+        for attempt in range(self.device.busy_retries + 1):
+            try:
+                resp = await call(req.address, count=req.count, device_id=self.device.unit_id)
+            except ModbusException as exc:
+                self._drop_client()  # a late answer must not be taken for the next request's
+                kind = "transport" if isinstance(exc, ConnectionException) else "timeout"
+                raise ModbusPollError(self.meter, kind, f"{where}: {exc}") from exc
+            if not resp.isError():
+                if len(resp.registers) < req.count:
+                    raise ModbusPollError(
+                        self.meter, "short", f"{where}: got {len(resp.registers)} registers"
+                    )
+                return list(resp.registers)
+            code = getattr(resp, "exception_code", None)
+            if code != DEVICE_BUSY:
+                raise ModbusPollError(self.meter, "exception", f"{where}: exception code {code}")
+            # every busy answer counts once as "busy"; the give-up below as "busy_exhausted"
+            metrics.READ_ERRORS.labels(meter=self.meter, kind="busy").inc()
+            if attempt < self.device.busy_retries:
+                await asyncio.sleep(self.device.busy_retry_delay_s)
+        raise ModbusPollError(
+            self.meter, "busy_exhausted",
+            f"{where}: device busy after {self.device.busy_retries} retries",
+        )
+
+    async def poll(self) -> PollResult:
+        """One cycle: every block read once; failed blocks are reported, never raised."""
+        now_ns = self.clock.now_ns
+        result = PollResult(self.meter, now_ns())
+        try:
+            client = await self._ensure_connected()
+        except ModbusPollError as exc:
+            result.errors.append(exc)
+        else:
+            for read in self.plan:
+                sent_ns = now_ns()
+                try:
+                    regs = await self._read(client, read.request)
+                except ModbusPollError as exc:
+                    result.errors.append(exc)
+                    result.blocks.append(BlockRead(read, error=exc))
+                    if exc.kind in ("timeout", "transport"):
+                        break  # connection gone: the rest of the cycle would fail the same way
+                    continue
+                add_block(result, read, regs, sent_ns)
+        self._finish(result)
+        return result
+
+    def _finish(self, result: PollResult) -> None:
+        if self.device.clock == "device":
+            clock = device_clock_ns(result)
+            if clock is not None:
+                result.ts_ns = [clock] * len(result.ts_ns)
+        for exc in result.errors:
+            metrics.READ_ERRORS.labels(meter=self.meter, kind=exc.kind).inc()
+            logger.warning("%s", exc)
+        metrics.POINTS_READ.labels(meter=self.meter).inc(len(result))
+        metrics.DEVICE_UP.labels(meter=self.meter).set(0 if result.errors else 1)
+        if self.device.workarounds.close_after_poll:
+            self._drop_client()
+
+    async def run(self, sink: Callable[[PollResult], None]) -> None:
+        """Poll every ``poll_interval_s`` on a drift-free schedule until cancelled."""
+        interval = self.device.poll_interval_s
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            started = loop.time()
+            result = await self.poll()
+            took = loop.time() - started
+            metrics.POLL_SECONDS.labels(meter=self.meter).observe(took)
+            sink(result)
+            due += interval
+            if loop.time() > due:  # overran: skip the missed slots instead of bursting
+                metrics.POLL_OVERRUNS.labels(meter=self.meter).inc()
+                due += interval * math.ceil((loop.time() - due) / interval)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    async def close(self) -> None:
+        self._drop_client()
+
+
+def _set_nodelay(client: AsyncModbusTcpClient) -> None:
+    """Small request/response pairs: never wait for Nagle's coalescing."""
+    transport = client.ctx.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,119 @@
+"""``[[opcua]]`` config: one OPC UA server, its security, monitored nodes and MES slots.
+
+Node references are OPC UA text node ids, optionally with the namespace given
+by URI instead of index (``nsu=urn:plantprint:simulator;s=M-OVEN.Energy``), which
+is what a config should use: indexes may change when the server restarts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+_NODE_REF: Final = re.compile(r"^(?:nsu=(?P<uri>[^;]+);|ns=\d+;)?(?P<id>(?:i=\d+|s=.+|g=.+|b=.+))$")
+
+
+def split_node_ref(ref: str) -> tuple[str | None, str]:
+    """``(namespace URI or None, the rest as ns=..;x=.. text)`` of a node reference."""
+    match = _NODE_REF.match(ref)
+    if match is None:
+        raise ValueError(f"node id {ref!r}: expected [nsu=<uri>;|ns=<n>;](i=|s=|g=|b=)<id>")
+    uri = match.group("uri")
+    return (uri, match.group("id")) if uri else (None, ref)
+
+
+def _check_ref(ref: str) -> str:
+    split_node_ref(ref)
+    return ref
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MonitoredNode(_Frozen):
+    """A variable read as a meter point: ``meter``/``channel`` name it in frames."""
+
+    node: str
+    meter: str = Field(min_length=1)
+    channel: str = Field(min_length=1)
+    unit: str = ""
+    sampling_interval_ms: float = Field(default=1000.0, ge=0)
+    deadband_type: Literal["none", "absolute", "percent"] = "none"
+    deadband: float = Field(default=0.0, ge=0)
+
+    @field_validator("node")
+    @classmethod
+    def _node_is_ref(cls, value: str) -> str:
+        return _check_ref(value)
+
+    @model_validator(mode="after")
+    def _percent_range(self) -> MonitoredNode:
+        if self.deadband_type == "percent" and self.deadband > 100:
+            raise ValueError(f"deadband {self.deadband}: a percent deadband is 0..100")
+        return self
+
+
+class MesAsset(_Frozen):
+    """An asset's MES nodes: batch slot objects and, optionally, a numeric state code.
+
+    Each slot prefix names an object with ``BatchId``, ``Product``, ``Running``,
+    ``StartTime``, ``EndTime``, ``Quantity`` and ``Unit`` variables.
+    """
+
+    asset: str = Field(min_length=1)
+    slots: tuple[str, ...] = ()
+    state: str | None = None
+    sampling_interval_ms: float = Field(default=500.0, ge=0)
+
+    @field_validator("slots")
+    @classmethod
+    def _slots_are_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for ref in value:
+            _check_ref(ref)
+        return value
+
+    @field_validator("state")
+    @classmethod
+    def _state_is_ref(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ref(value)
+
+
+class OpcUaServer(_Frozen):
+    """``[[opcua]]``: one server, how to reach it safely, and what to subscribe to."""
+
+    name: str = Field(min_length=1)
+    endpoint: str = Field(pattern=r"^opc\.tcp://")
+    security_policy: Literal["None", "Basic256Sha256"] = "None"
+    security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    certificate: Path | None = None  # our application instance certificate (DER or PEM)
+    private_key: Path | None = None
+    server_certificate: Path | None = None  # pin it; else taken from the endpoint list
+    application_uri: str = "urn:plantprint:edge"  # must match the certificate's SAN URI
+    user: str | None = None
+    password: SecretStr | None = None
+    publishing_interval_ms: float = Field(default=1000.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    watchdog_s: float = Field(default=1.0, gt=0)
+    reconnect_initial_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    nodes: tuple[MonitoredNode, ...] = ()
+    mes: tuple[MesAsset, ...] = ()
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> OpcUaServer:
+        if (self.security_policy == "None") != (self.security_mode == "None"):
+            raise ValueError(
+                f"security_policy {self.security_policy} with security_mode "
+                f"{self.security_mode}: None goes with None, Basic256Sha256 with Sign or "
+                "SignAndEncrypt"
+            )
+        if self.security_policy != "None" and (self.certificate is None or not self.private_key):
+            raise ValueError(f"security_policy {self.security_policy} needs certificate and "
+                             "private_key")
+        if not self.nodes and not self.mes:
+            raise ValueError("an OPC UA server needs nodes or mes to subscribe to")
+        return self

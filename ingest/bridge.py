@@ -1,0 +1,224 @@
+"""``python -m ingest bridge``: MQTT → Kafka for gateways that only speak MQTT.
+
+Subscribes (QoS 1, persistent session: ``clean_session=False`` and a stable
+client id) to ``<root>/+/+/readings`` and ``<root>/+/+/batches``, topics named
+``<root>/<site>/<gateway>/<stream>``, and produces each payload byte for byte
+(the Ed25519 signature covers the body) to ``<prefix>readings|batches`` keyed by
+site. The MQTT acknowledgement (``manual_ack``) is sent only after Kafka
+acknowledged the record and the ledger recorded it, so a crash never loses a
+message, and the ledger (``ingest.bridge_ledger``) makes a redelivery after a
+crash not produce it twice. Messages whose sequence cannot be read are
+forwarded as they are: ingest puts them in the DLQ.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.wire import HEADER_BYTES
+from ingest.bridge_ledger import BridgeLedger, Key
+from ingest.config import ServerConfig
+from ingest.errors import IngestError
+from ingest.kafka_wait import wait_for_kafka
+from ingest.metrics import BRIDGE_FORWARDED, BRIDGE_SKIPPED
+
+logger = logging.getLogger(__name__)
+STREAMS = ("readings", "batches")
+
+
+class BridgeError(IngestError):
+    """Kafka refused a record or MQTT failed: the bridge stops, MQTT keeps the messages."""
+
+
+def message_key(payload: bytes) -> Key | None:
+    """(gateway, stream, seq) of an envelope, or None when it cannot be read."""
+    try:
+        body = orjson.loads(payload[HEADER_BYTES:])
+        key = (body["gateway"], body["stream"], body["seq"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    ok = isinstance(key[0], str) and key[1] in STREAMS and type(key[2]) is int
+    return key if ok else None
+
+
+class Bridge:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self._b = cfg.bridge
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._inflight: dict[Key, list[int]] = {}
+        self._lock = threading.Lock()
+        self.ledger: BridgeLedger | None = None
+        self._producer: KafkaProducer | None = None
+        self._client: mqtt.Client | None = None
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> bool:
+        """Recover, connect to Kafka (waiting for it) and MQTT; False if stopped meanwhile."""
+        self.ledger = BridgeLedger(self._b.state_file)
+        if not self._wait_for_kafka():
+            return False
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self._b.client_id,
+            clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True,
+        )
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        client.reconnect_delay_set(1, 5)
+        # connect_async: paho's loop keeps retrying a broker that is not up yet
+        client.connect_async(self._b.mqtt_host, self._b.mqtt_port, keepalive=30)
+        client.loop_start()
+        self._client = client
+        return True
+
+    def _connect_kafka(self) -> None:
+        # the producer first: its constructor fails cleanly when no broker answers
+        # (a failed KafkaConsumer construction, used by the read-back, leaves a thread)
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.cfg.kafka.bootstrap, acks="all", linger_ms=2,
+                max_request_size=self.cfg.limits.max_frame_bytes + (1 << 20),
+                client_id=self._b.client_id,
+                bootstrap_timeout_ms=int(self.cfg.kafka.connect_timeout_s * 1000),
+            )
+        self._recover()
+
+    def _wait_for_kafka(self) -> bool:
+        """Kafka first: MQTT messages are acknowledged only once Kafka has them."""
+        k = self.cfg.kafka
+        return wait_for_kafka(self._connect_kafka, k.bootstrap, k.reconnect_max_s, self._stop,
+                              "the bridge subscribes to MQTT only once Kafka answers")
+
+    def run(self) -> None:
+        while not self._stop.wait(0.2):
+            if self._error is not None:
+                raise BridgeError(f"bridge stopped: {self._error}") from self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        if self._producer is not None:
+            self._producer.flush(timeout=10)
+            self._producer.close(timeout=5)
+        if self.ledger is not None:
+            self.ledger.close()
+
+    # ------------------------------------------------------------- recovery
+    def _recover(self) -> None:
+        """Messages pending at a crash: find those Kafka already has (read-back)."""
+        assert self.ledger is not None
+        pending = self.ledger.pending()
+        if not pending:
+            return
+        found = self._read_back(pending, self.ledger.partition_next())
+        for key, (topic, partition, offset) in found.items():
+            self.ledger.forwarded(key, topic, partition, offset)
+        self.ledger.drop_pending()
+        logger.info("recovery: %d pending messages, %d already in Kafka", len(pending), len(found))
+
+    def _read_back(self, pending: set[Key], start: dict[tuple[str, int], int]) -> dict[
+        Key, tuple[str, int, int]
+    ]:
+        consumer = KafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap,
+                                 enable_auto_commit=False,
+                                 fetch_max_bytes=self.cfg.kafka.fetch_max_bytes)
+        found: dict[Key, tuple[str, int, int]] = {}
+        try:
+            tps = [TopicPartition(self.cfg.kafka.topic(s), p) for s in STREAMS
+                   for p in consumer.partitions_for_topic(self.cfg.kafka.topic(s)) or ()]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, start.get((tp.topic, tp.partition), 0))
+            idle_until = time.monotonic() + self._b.readback_idle_s
+            while time.monotonic() < idle_until:  # end offsets are not trusted: read to idle
+                for recs in consumer.poll(timeout_ms=200).values():
+                    idle_until = time.monotonic() + self._b.readback_idle_s
+                    for r in recs:
+                        key = message_key(r.value or b"")
+                        if key in pending:
+                            found[key] = (r.topic, r.partition, r.offset)
+        finally:
+            consumer.close()
+        return found
+
+    # ------------------------------------------------------------- MQTT side
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            logger.error("MQTT connect to %s:%d refused: %s", self._b.mqtt_host,
+                         self._b.mqtt_port, rc)
+            return
+        root = self._b.topic_root
+        client.subscribe([(f"{root}/+/+/{s}", 1) for s in STREAMS])
+        logger.info("bridging %s/+/+/{readings,batches} → Kafka", root)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not self._stop.is_set():
+            logger.warning("MQTT disconnected (%s); paho reconnects", rc)
+
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        assert self.ledger is not None and self._producer is not None
+        parts = msg.topic.split("/")
+        if len(parts) != 4 or parts[3] not in STREAMS:
+            logger.warning("ignoring MQTT topic %s", msg.topic)
+            client.ack(msg.mid, msg.qos)
+            return
+        site, stream = parts[1], parts[3]
+        payload = bytes(msg.payload)
+        key = message_key(payload)
+        if key is not None:
+            if self.ledger.seen(key):
+                BRIDGE_SKIPPED.labels(stream).inc()
+                client.ack(msg.mid, msg.qos)
+                return
+            with self._lock:
+                if key in self._inflight:  # redelivered while the first copy is in flight
+                    self._inflight[key].append(msg.mid)
+                    return
+                self._inflight[key] = [msg.mid]
+            self.ledger.begin(key)
+        future = self._producer.send(self.cfg.kafka.topic(stream), value=payload,
+                                     key=site.encode())
+        future.add_callback(self._on_kafka_ack, client, key, msg.mid, msg.qos, stream)
+        future.add_errback(self._on_kafka_error, msg.topic)
+
+    def _on_kafka_ack(self, client: mqtt.Client, key: Key | None, mid: int, qos: int,
+                      stream: str, meta: Any) -> None:
+        mids = [mid]
+        if key is not None:
+            assert self.ledger is not None
+            self.ledger.forwarded(key, meta.topic, meta.partition, meta.offset)
+            with self._lock:
+                mids = self._inflight.pop(key, [mid])
+        BRIDGE_FORWARDED.labels(stream).inc()
+        for m in mids:
+            client.ack(m, qos)
+
+    def _on_kafka_error(self, topic: str, exc: BaseException) -> None:
+        logger.error("Kafka refused a message from %s: %s", topic, exc)
+        self._error = exc
+
+
+def run_bridge(cfg: ServerConfig) -> None:
+    bridge = Bridge(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
+    signal.signal(signal.SIGINT, lambda *_: bridge.stop())
+    try:
+        if bridge.start():
+            bridge.run()
+    finally:
+        bridge.close()

@@ -1,0 +1,60 @@
+"""Waiting for a Kafka broker that is not reachable yet (consumer and bridge).
+
+A site powers up in any order: rather than exit with a traceback, the process
+logs one line per attempt naming the bootstrap servers and retries with capped
+exponential backoff until the broker answers or it is asked to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+from ingest import metrics
+
+logger = logging.getLogger(__name__)
+
+UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError)
+FIRST_DELAY_S = 0.5
+
+
+@contextmanager
+def kafka_library_quiet(quiet: bool) -> Iterator[None]:
+    """kafka-python logs several lines per failed bootstrap; keep retries to our one line."""
+    lib = logging.getLogger("kafka")
+    level = lib.level
+    if quiet:
+        lib.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        lib.setLevel(level)
+
+
+def wait_for_kafka(
+    connect: Callable[[], None], bootstrap: str, max_delay_s: float,
+    stop: threading.Event, consequence: str,
+) -> bool:
+    """Call ``connect`` until it stops raising an unreachable-broker error.
+
+    True once connected; False if ``stop`` was set meanwhile. ``consequence``
+    tells the operator what waits meanwhile (it ends the log line).
+    """
+    delay, attempt = FIRST_DELAY_S, 0
+    while not stop.is_set():
+        try:
+            with kafka_library_quiet(attempt > 0):  # its detail once, not on every retry
+                connect()
+            return True
+        except UNREACHABLE as exc:
+            logger.error(
+                "Kafka is not reachable at bootstrap servers %s (%s); retrying in %.1f s (%s)",
+                bootstrap, exc, delay, consequence)
+            metrics.KAFKA_CONNECT_RETRIES.inc()
+            stop.wait(delay)
+            delay, attempt = min(delay * 2, max_delay_s), attempt + 1
+    return False

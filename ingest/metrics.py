@@ -1,0 +1,41 @@
+"""Prometheus metrics of ingest and the bridge (scraped at ``[metrics] port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+MESSAGES = Counter(
+    "plantprint_ingest_messages", "Kafka messages handled", ["topic", "outcome"]
+)  # outcome: landed | partial (new frame, time screen cut items) | duplicate | dlq
+READINGS = Counter("plantprint_ingest_readings", "Readings landed (new rows)")
+BATCH_EVENTS = Counter("plantprint_ingest_batch_events", "Batch events landed (new rows)")
+DLQ = Counter("plantprint_ingest_dlq", "Messages sent to the DLQ", ["reason"])
+SEQ_MISSING = Gauge(
+    "plantprint_ingest_sequence_missing",
+    "Sequence numbers below the highest seen that never arrived",
+    ["gateway", "stream"],
+)
+SEQ_HIGHEST = Gauge(
+    "plantprint_ingest_sequence_highest", "Highest sequence number seen", ["gateway", "stream"]
+)
+SEQ_CONFLICTS = Counter(
+    "plantprint_ingest_sequence_conflicts",
+    "Frames under an already-landed sequence number with different content (sent to the DLQ)",
+    ["gateway", "stream"],
+)
+KAFKA_CONNECT_RETRIES = Counter(
+    "plantprint_ingest_kafka_connect_retries", "Attempts to reach Kafka that failed at startup"
+)
+DB_RETRIES = Counter("plantprint_ingest_db_retries", "Landing attempts retried after a DB error")
+DB_REFUSALS = Counter(
+    "plantprint_ingest_db_refusals",
+    "Landing attempts the database refused for an environment reason (grant, schema, "
+    "read-only, disk full, ...), retried without dead-lettering",
+    ["sqlstate"],
+)
+BRIDGE_FORWARDED = Counter(
+    "plantprint_bridge_forwarded", "MQTT messages forwarded to Kafka", ["stream"]
+)
+BRIDGE_SKIPPED = Counter(
+    "plantprint_bridge_skipped", "Redelivered MQTT messages already in Kafka", ["stream"]
+)

@@ -1,0 +1,12 @@
+-- The SHA-256 of each landed frame's signed body (the envelope after the 4-byte
+-- magic and the 64-byte signature), so that a frame arriving under a
+-- (gateway, stream, seq) already in the ledger can be told apart:
+--   * same digest      → a true redelivery (Kafka, the bridge, a replayed spool):
+--                         skipped, counted as a duplicate;
+--   * different digest → a sequence conflict (the gateway's sequence restarted:
+--                         spool lost or gateway re-provisioned under the same id):
+--                         sent to the DLQ as `seq_conflict`, never dropped silently.
+-- Rows landed before this migration keep NULL: a hit on them cannot be checked and
+-- is treated as a duplicate, as before. Same DDL on PostgreSQL and TimescaleDB
+-- (ingested_frame is a plain table on both).
+ALTER TABLE ingested_frame ADD COLUMN IF NOT EXISTS body_sha256 bytea;

@@ -1,0 +1,179 @@
+"""What clients see: device images and OPC UA variables refreshed from physics.
+
+Applies the transport faults (dropout, busy, stuck, clock skew) and the batch
+lifecycle on OPC UA slots, including late end events.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+
+from simulators.config import Batch, Scenario
+from simulators.devices import FAMILIES, DeviceImage
+from simulators.modbus_server import ModbusPort, UnitSlot
+from simulators.opcua_server import MIN_DATETIME, OpcuaPlant
+from simulators.physics import MeterState, PlantModel, StepResult
+from simulators.schedule import STATE_CODES
+
+logger = logging.getLogger(__name__)
+Write = tuple[str, object, float]  # node, value, simulated time
+
+
+class Publisher:
+    """Owns the Modbus ports and the OPC UA plant and keeps them current."""
+
+    def __init__(self, sc: Scenario, model: PlantModel, port_base: int, opcua_port: int | None,
+                 seed: int) -> None:
+        self.sc = sc
+        self.model = model
+        self.start = sc.scenario.start
+        self.rng = random.Random(seed + 1)  # auxiliary readings only, never the truth
+        host = sc.endpoints.host
+        self.ports: dict[int, ModbusPort] = {}
+        self.slots: list[tuple[MeterState, UnitSlot]] = []
+        for ms in model.meters:
+            addr = ms.cfg.modbus
+            if addr is None:
+                continue
+            port = self.ports.get(addr.port_offset)
+            if port is None:
+                number = port_base + addr.port_offset if port_base else 0
+                port = self.ports[addr.port_offset] = ModbusPort(host, number, {}, seed)
+            slot = UnitSlot(ms.cfg.id, DeviceImage(FAMILIES[ms.cfg.family]))
+            port.units[addr.unit] = slot
+            self.slots.append((ms, slot))
+        self.opcua = OpcuaPlant(sc, host, opcua_port) if opcua_port is not None else None
+        self._opcua_meters = [ms for ms in model.meters if ms.cfg.modbus is None]
+        self._pending: list[Write] = []
+        self._late: dict[int, list[Batch]] = {}
+        self._slot_of: dict[str, tuple[str, int]] = {}
+        self._busy_slots: dict[str, set[int]] = {a.id: set() for a in sc.assets}
+        self._states: dict[str, str] = {}
+        self._serving = False  # servers started (injected outages only after that)
+
+    def when(self, t: float) -> datetime:
+        return self.start + timedelta(seconds=t)
+
+    async def start_servers(self) -> None:
+        self._serving = True
+        for port in self.ports.values():
+            await port.start()
+        if self.opcua is not None:
+            await self.opcua.start()
+
+    async def close(self) -> None:
+        self._serving = False
+        for port in self.ports.values():
+            await port.close()
+        if self.opcua is not None:
+            await self.opcua.close()
+
+    def on_step(self, res: StepResult) -> None:
+        """Queue the OPC UA batch lifecycle writes of one step."""
+        if self.opcua is None:
+            return
+        for b in res.started:
+            free = min(set(range(self._slot_count(b.asset))) - self._busy_slots[b.asset])
+            self._busy_slots[b.asset].add(free)
+            self._slot_of[b.id] = (b.asset, free)
+            slot = f"{b.asset}.Batch{free}"
+            self._pending += [(f"{slot}.BatchId", b.id, b.start_s),
+                              (f"{slot}.Product", b.product, b.start_s),
+                              (f"{slot}.Unit", b.unit, b.start_s),
+                              (f"{slot}.StartTime", self.when(b.start_s), b.start_s),
+                              (f"{slot}.EndTime", MIN_DATETIME, b.start_s),
+                              (f"{slot}.Quantity", 0.0, b.start_s),
+                              (f"{slot}.Running", True, b.start_s)]
+        for b in res.ended:
+            delay = self.model.faults.late_ends.get(b.id, 0)
+            self._late.setdefault(b.end_s + delay, []).append(b)
+        for b in self._late.pop(res.t, []):
+            asset, k = self._slot_of.pop(b.id)
+            self._busy_slots[asset].discard(k)
+            slot = f"{asset}.Batch{k}"
+            self._pending += [(f"{slot}.EndTime", self.when(b.end_s), res.t),
+                              (f"{slot}.Quantity", b.quantity, res.t),
+                              (f"{slot}.Running", False, res.t)]
+
+    def _slot_count(self, asset: str) -> int:
+        return next(a.slots for a in self.sc.assets if a.id == asset)
+
+    async def refresh(self) -> None:
+        """Bring every device and variable up to the model's current time."""
+        now = self.model.t
+        self._refresh_modbus(now)
+        if self._serving:
+            await self._port_dropouts(now)
+        if self.opcua is not None:
+            await self._refresh_opcua(now)
+
+    def _refresh_modbus(self, now: int) -> None:
+        faults = self.model.faults
+        epoch = self.start.timestamp()
+        for ms, slot in self.slots:
+            mid = ms.cfg.id
+            slot.mode = "drop" if faults.dropout(mid, now) else "ok"
+            slot.busy_probability = faults.busy_probability(mid, now)
+            if slot.busy_probability and slot.mode == "ok":
+                slot.mode = "busy"
+            if faults.stuck(mid, now):
+                continue
+            readings = self.model.readings(ms, self.rng)
+            readings["clock"] = epoch + now + faults.skew_s(mid, now)
+            slot.image.write(readings)
+
+    async def _port_dropouts(self, now: int) -> None:
+        for port in self.ports.values():
+            down = all(u.mode == "drop" for u in port.units.values())
+            if down and port.listening:
+                logger.info("modbus port %s drops out (connection refused)", port.port)
+                await port.close()
+            elif not down and not port.listening:
+                await port.start()
+
+    async def _refresh_opcua(self, now: int) -> None:
+        assert self.opcua is not None
+        down = self.model.faults.opcua_down(now)
+        if down and self.opcua.running:
+            await self.opcua.stop()
+        for asset, state in self.model.schedule.state.items():
+            if self._states.get(asset) != state:
+                self._states[asset] = state
+                self._pending += [(f"{asset}.State", state, now),
+                                  (f"{asset}.StateCode", STATE_CODES[state], now)]
+        pending, self._pending = self._pending, []
+        for node, value, t in pending:
+            await self.opcua.write(node, value, self.when(t))
+        for ms in self._opcua_meters:
+            await self._write_meter(ms, now)
+        if self._serving and not down and not self.opcua.running:
+            await self.opcua.start()
+
+    async def _write_meter(self, ms: MeterState, now: int) -> None:
+        assert self.opcua is not None
+        faults = self.model.faults
+        mid = ms.cfg.id
+        counter, rate = (("Energy", "Power") if ms.cfg.family == "opcua_energy"
+                         else ("Volume", "Flow"))
+        ts = self.when(now + faults.skew_s(mid, now))
+        if faults.dropout(mid, now):
+            for name in (counter, rate):
+                await self.opcua.write_status(f"{mid}.{name}", False, ts)
+            return
+        if faults.stuck(mid, now):
+            return
+        await self.opcua.write(f"{mid}.{counter}", ms.counter.raw(ms.energy), ts)
+        await self.opcua.write(f"{mid}.{rate}", ms.rate, ts)
+
+    def endpoints(self) -> dict[str, object]:
+        """What is actually bound, for the ``--endpoints`` file."""
+        modbus = [{"meter": slot.meter, "family": ms.cfg.family, "host": port.host,
+                   "port": port.port, "unit": unit, "port_offset": offset}
+                  for offset, port in sorted(self.ports.items())
+                  for unit, slot in sorted(port.units.items())
+                  for ms in [self.model.by_id[slot.meter]]]
+        opcua = ({"url": self.opcua.url, "namespace": self.opcua.uri}
+                 if self.opcua is not None else None)
+        return {"modbus": modbus, "opcua": opcua}

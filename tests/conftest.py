@@ -1,0 +1,134 @@
+"""Shared fixtures: the real local services, fresh databases, topics, private brokers.
+
+The session starts whatever services are not already up (``deploy/devstack.py``)
+and stops, at its end, those it started itself; services brought up by
+``make services-up`` are left running for the next session.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from deploy import devstack
+from deploy.procs import ServiceError, pid_alive
+from deploy.tansu import TansuBroker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap: str
+    pg_admin_dsn: str
+    mqtt_host: str
+    mqtt_port: int
+    tsdb_dsn: str
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    before = {n for n, ep in devstack.load_state().items() if devstack.reachable(ep)}
+    try:
+        state = devstack.up()
+    except ServiceError as exc:
+        pytest.fail(f"local services could not start: {exc}", pytrace=False)
+    mqtt = urlparse(state["mqtt"].url)
+    yield Services(
+        kafka_bootstrap=state["kafka"].url,
+        pg_admin_dsn=state["postgres"].url,
+        mqtt_host=mqtt.hostname or "127.0.0.1",
+        mqtt_port=mqtt.port or 1883,
+        tsdb_dsn=state["tsdb"].url,
+    )
+    started_here = [n for n in devstack.SERVICES if n not in before]
+    devstack.down(started_here)
+
+
+@pytest.fixture
+def new_database(services: Services) -> Iterator[Callable[[], str]]:
+    """Factory: each call creates an empty database and returns its DSN; all dropped after."""
+    import psycopg
+
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"pp_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(services.pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return devstack.with_dbname(services.pg_admin_dsn, name)
+
+    yield make
+    with psycopg.connect(services.pg_admin_dsn, autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic prefix no other test uses (topics auto-create on the shared broker)."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def broker_factory() -> Iterator[Callable[[], TansuBroker]]:
+    """Factory of private tansu brokers a test may stop and restart (memory storage)."""
+    brokers: list[TansuBroker] = []
+
+    def make() -> TansuBroker:
+        broker = TansuBroker(f"kafka-test-{len(brokers)}")
+        broker.start()
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+def _child_pids() -> set[int]:
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids.update(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def system_health() -> Iterator[None]:
+    """Fail a test that leaves non-daemon threads or child processes behind."""
+    threads_before = set(threading.enumerate())
+    children_before = _child_pids()
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        threads = [
+            t for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and not t.daemon
+        ]
+        children = _child_pids() - children_before
+        children = {p for p in children if pid_alive(p)}
+        if not threads and not children:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    pytest.fail(
+        f"test left behind threads {[t.name for t in threads]} and processes {sorted(children)}",
+        pytrace=False,
+    )
+
+
+def pytest_report_header() -> list[str]:
+    return [f"plantprint services state: {os.environ.get('PLANTPRINT_STATE', '.state/')}"]

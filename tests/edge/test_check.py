@@ -1,0 +1,138 @@
+"""--check: one read of every point, a readable table, non-zero exit when a point failed."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+from test_modbus import INTENDED, PROFILES, simulator_port
+
+from edge.check import check, rows_of, run_check
+from edge.config import AgentConfig, ModbusDevice
+from edge.modbus import ModbusPoller
+from edge.profiles import load_profile
+
+
+def _config(devices: list[ModbusDevice], tmp) -> AgentConfig:
+    return AgentConfig.model_validate({
+        "site": "s", "gateway": "g", "signing_key": tmp / "k.pem",
+        "spool": {"path": tmp / "spool.db"}, "modbus": devices,
+    })
+
+
+def _device(meter: str, port: int, unit: int, profile: str) -> ModbusDevice:
+    return ModbusDevice(meter=meter, host="127.0.0.1", port=port, unit_id=unit,
+                        profile=load_profile(PROFILES / f"{profile}.toml"), timeout_s=0.3)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_rows_show_registers_value_unit_and_quality():
+    port = simulator_port({1: ("em24", INTENDED["em24"]), 2: ("carbon", INTENDED["carbon"])})
+    await port.start()
+    try:
+        em24, carbon = _device("M-OVEN", port.port, 1, "em24"), _device("M-AIR", port.port, 2,
+                                                                         "carbon")
+        rows = []
+        for dev in (em24, carbon):
+            poller = ModbusPoller(dev)
+            await poller.start()
+            rows += rows_of(await poller.poll(), dev)
+            await poller.close()
+    finally:
+        await port.close()
+    by = {(r.meter, r.point): r for r in rows}
+    assert len(rows) == 13 + 7 and all(r.ok for r in rows)
+    energy = by["M-OVEN", "energy"]
+    # uint32 CDAB, 2^32 - 3 counts of 0.1 kWh: low word first
+    assert energy.registers == (0xFFFD, 0xFFFF)
+    assert energy.value == (2**32 - 3) * 0.1 and energy.unit == "kWh"
+    assert by["M-AIR", "clock"].quality == "clock"
+
+
+async def test_failed_points_are_bad_rows(tmp_path):
+    dev = _device("M-GONE", _closed_port(), 1, "flow-gas")
+    rows, errors = await run_check(_config([dev], tmp_path))
+    assert [r.point for r in rows] == [p.channel for p in dev.points]
+    assert all(r.quality == "bad: connect" and r.value is None for r in rows)
+    # the connect failure itself, not the backoff wait that a second attempt would report
+    assert errors == [f"meter M-GONE: cannot connect to 127.0.0.1:{dev.port} unit 1, "
+                      "next try in 0.5 s"]
+
+
+def test_check_exit_code_and_table(tmp_path):
+    import asyncio
+
+    async def serve_and_check(devices_of):
+        port = simulator_port({1: ("sdm630", INTENDED["sdm630"])})
+        await port.start()
+        try:
+            out = io.StringIO()
+            code = await asyncio.to_thread(check, _config(devices_of(port.port), tmp_path), out)
+        finally:
+            await port.close()
+        return code, out.getvalue()
+
+    code, text = asyncio.run(serve_and_check(lambda p: [_device("M-PRESS", p, 1, "sdm630")]))
+    assert code == 0
+    assert "M-PRESS" in text and "voltage_l1" in text and "231.2" in text
+    assert "14 of 14 points good" in text
+    code, text = asyncio.run(serve_and_check(lambda p: [
+        _device("M-PRESS", p, 1, "sdm630"), _device("M-GONE", _closed_port(), 1, "sdm630"),
+    ]))
+    assert code == 1
+    assert "14 of 28 points good" in text and "meter M-GONE" in text
+
+
+# ------------------------------------------------------------------ OPC UA
+
+
+async def test_opcua_nodes_are_read_once_against_the_simulator(tmp_path):
+    """The simulator's OPC UA server: every node a row; an unknown node fails the check."""
+    import asyncio
+    import tomllib
+
+    from simulators.config import load_scenario
+    from simulators.runner import PlantRunner, RunOptions
+    from tests.edge.test_opcua import SMALL_OPCUA_TOML, SMALL_SCENARIO
+
+    runner = PlantRunner(load_scenario(SMALL_SCENARIO),
+                         RunOptions(speed=60, port_base=0, opcua_port=0, duration_s=60))
+    await runner.start()
+    try:
+        url = runner.endpoints()["opcua"]["url"]  # type: ignore[index]
+        server = {**tomllib.loads(SMALL_OPCUA_TOML)["opcua"][0], "endpoint": url}
+        good = AgentConfig.model_validate({
+            "site": "s", "gateway": "g", "signing_key": tmp_path / "k.pem",
+            "spool": {"path": tmp_path / "spool.db"}, "opcua": [server],
+        })
+        out = io.StringIO()
+        code = await asyncio.to_thread(check, good, out)
+        text = out.getvalue()
+        assert code == 0, text
+        energy = next(line for line in text.splitlines() if "M-DRIVE.Energy" in line)
+        assert "energy" in energy and "kWh" in energy and "good" in energy
+        assert float(energy.split("│")[4]) > 0  # the scenario's counter start
+        assert "Batch1.Running" in text and "9 of 9 points good" in text
+        assert "OPC UA servers are not part of --check" not in text
+        wrong = {**server, "nodes": [*server["nodes"], {
+            "node": "nsu=urn:plantprint:simulator;s=M-NOPE.Energy", "meter": "M-NOPE",
+            "channel": "energy", "unit": "kWh"}]}
+        bad = good.model_copy(update={"opcua": (good.opcua[0].model_validate(wrong),)})
+        out = io.StringIO()
+        code = await asyncio.to_thread(check, bad, out)
+        text = out.getvalue()
+        assert code == 1
+        assert "bad: BadNodeIdUnknown" in text and "9 of 10 points good" in text
+    finally:
+        await runner.close()
+    # a server that is not there: every node a bad row and the connect error
+    gone = good.model_copy(update={"opcua": (good.opcua[0].model_copy(
+        update={"endpoint": f"opc.tcp://127.0.0.1:{_closed_port()}/x", "timeout_s": 1.0}),)})
+    out = io.StringIO()
+    assert await asyncio.to_thread(check, gone, out) == 1
+    assert "0 of 9 points good" in out.getvalue() and "cannot connect" in out.getvalue()

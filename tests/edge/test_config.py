@@ -1,0 +1,199 @@
+"""Site configs and meter profiles: samples load; bad ones name file, key, expectation."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, load_config
+from edge.profiles import load_profile
+from edge.requests import plan_requests
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "edge"
+SAMPLES = sorted(DEPLOY.glob("*.toml"))
+PROFILES = sorted((DEPLOY / "profiles").glob("*.toml"))
+
+
+def test_samples_and_profiles_are_shipped():
+    assert {"small.toml", "example-full.toml"} <= {p.name for p in SAMPLES}
+    assert {"sdm630", "pm5000", "em24", "flow-gas", "flow-steam", "carbon"} <= {
+        p.stem for p in PROFILES
+    }
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_every_sample_config_loads(path: Path):
+    config = load_config(path)
+    assert config.site and config.gateway
+    assert config.has_output
+    for dev in config.modbus:
+        assert dev.points, dev.meter
+        assert plan_requests(dev.points, dev.gap, dev.request_limit)
+    assert config.spool.path.is_absolute() or str(config.spool.path).startswith(str(DEPLOY))
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
+def test_every_profile_plans_the_vendor_blocks(path: Path):
+    profile = load_profile(path)
+    reqs = plan_requests(profile.points, profile.max_gap, profile.max_registers)
+    assert all(r.count <= 125 for r in reqs)
+    assert len(reqs) <= 2  # each family's map reads in its documented block(s)
+
+
+def test_small_matches_the_simulator_scenario():
+    """The agent for `small` polls every Modbus meter of the scenario with its family."""
+    from simulators.config import load_scenario
+
+    scenario = load_scenario(DEPLOY.parents[0] / "scenarios" / "small.toml")
+    config = load_config(DEPLOY / "small.toml")
+    want = {
+        m.id: (scenario.endpoints.modbus_port_base + m.modbus.port_offset, m.modbus.unit, m.family)
+        for m in scenario.meters
+        if m.modbus is not None
+    }
+    got = {d.meter: (d.port, d.unit_id, d.register_map.family) for d in config.modbus}
+    assert got == want
+    assert config.site == scenario.scenario.site
+
+
+def test_counter_width_is_recorded():
+    em24 = load_profile(DEPLOY / "profiles" / "em24.toml")
+    energy = next(p for p in em24.points if p.channel == "energy")
+    assert (energy.kind, energy.counter_bits, energy.type) == ("counter", 32, "uint32")
+    carbon = load_profile(DEPLOY / "profiles" / "carbon.toml")
+    assert {p.channel: p.counter_bits for p in carbon.points if p.kind == "counter"} == {
+        "energy": 64, "co2": 32,
+    }
+
+
+BASE = """
+site = "s1"
+gateway = "gw1"
+signing_key = "k.pem"
+[spool]
+path = "spool.db"
+[outputs.kafka]
+bootstrap_servers = ["127.0.0.1:9092"]
+"""
+
+DEVICE = """
+[[modbus]]
+meter = "M1"
+host = "127.0.0.1"
+profile = "em24"
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "site.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    (tmp_path / "profiles").mkdir(exist_ok=True)
+    for prof in PROFILES:
+        (tmp_path / "profiles" / prof.name).write_text(prof.read_text())
+    return path
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path):
+    config = load_config(_write(tmp_path, BASE + DEVICE))
+    assert config.signing_key == tmp_path / "k.pem"
+    assert config.spool.path == tmp_path / "spool.db"
+    assert config.modbus[0].register_map.family == "em24"
+
+
+def test_profile_path_is_relative_to_the_config_file(tmp_path: Path, monkeypatch):
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    path = _write(site_dir, BASE + DEVICE.replace('"em24"', '"vendor/em24.toml"'))
+    (site_dir / "vendor").mkdir()
+    (site_dir / "vendor" / "em24.toml").write_text((DEPLOY / "profiles" / "em24.toml").read_text())
+    monkeypatch.chdir(tmp_path)  # not the config's folder: a cwd lookup would miss
+    assert load_config(path).modbus[0].register_map.family == "em24"
+    monkeypatch.chdir(site_dir)
+    assert load_config(path.name).modbus[0].register_map.family == "em24"
+
+
+def test_init_key_refuses_an_invalid_key_file_with_a_clear_error(tmp_path: Path, capsys):
+    from edge.__main__ import main
+
+    path = _write(tmp_path, BASE + DEVICE)
+    (tmp_path / "k.pem").write_text("not a key\n")
+    assert main(["--config", str(path), "--init-key"]) == 2
+    err = capsys.readouterr()
+    assert err.out == ""
+    assert f"key error: signing key {tmp_path / 'k.pem'}: cannot load" in err.err
+    assert "Traceback" not in err.err
+    assert (tmp_path / "k.pem").read_text() == "not a key\n"  # never overwritten
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expectation"),
+    [
+        (BASE.replace('gateway = "gw1"\n', ""), "gateway", "Field required"),
+        (BASE + DEVICE.replace('host = "127.0.0.1"', "host = 5"), "modbus[0].host", "string"),
+        (BASE + DEVICE + "port = 70000\n", "modbus[0].port", "less than or equal to 65535"),
+        (BASE + DEVICE + "colour = 1\n", "modbus[0].colour", "Extra inputs"),
+        (BASE + DEVICE + 'clock = "sun"\n', "modbus[0].clock", "'device' or 'gateway'"),
+        (BASE + DEVICE + DEVICE, "(root)", "repeated: M1"),
+        (BASE, "(root)", "at least one"),
+        (
+            BASE + DEVICE.replace('"em24"', '"nope"'),
+            "modbus[0] (meter M1).profile",
+            "profile 'nope' not found",
+        ),
+        (BASE + DEVICE + 'channels = ["energy", "vibes"]\n', ".channels", "no channel vibes"),
+        (
+            BASE + DEVICE + "reconnect_delay_s = 5.0\nreconnect_delay_max_s = 1.0\n",
+            "modbus[0]",
+            "reconnect_delay_max_s must be >= reconnect_delay_s",
+        ),
+        ("site = [", "", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expectation):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(str(path))
+    assert key in message
+    assert expectation in message
+
+
+def test_inline_profile_and_bad_word_order(tmp_path: Path):
+    inline = BASE + """
+    [[modbus]]
+    meter = "M1"
+    host = "127.0.0.1"
+    [modbus.profile]
+    family = "custom"
+    word_order = "CDAB"
+    points = [{ channel = "energy", address = 10, type = "uint32", kind = "counter" }]
+    """
+    config = load_config(_write(tmp_path, inline))
+    point = config.modbus[0].points[0]
+    assert (point.word_order, point.counter_bits) == ("CDAB", 32)
+    bad = inline.replace('word_order = "CDAB"', 'word_order = "ACBD"')
+    with pytest.raises(ConfigError, match=r"modbus\[0\]\.profile.*word_order.*'ABCD'"):
+        load_config(_write(tmp_path, bad))
+
+
+def test_bad_profile_file_names_profile_file_and_key(tmp_path: Path):
+    path = _write(tmp_path, BASE + DEVICE)
+    em24 = tmp_path / "profiles" / "em24.toml"
+    em24.write_text(em24.read_text().replace('type = "uint32"', 'type = "uint33"'))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(em24) in str(err.value)
+    assert "points[12].type" in str(err.value)
+
+
+def test_address_offset_workaround_shifts_and_checks(tmp_path: Path):
+    text = BASE + DEVICE + "[modbus.workarounds]\naddress_offset = -1\n"
+    with pytest.raises(ConfigError, match="address_offset"):
+        load_config(_write(tmp_path, text))  # em24 starts at address 0
+    pm = DEVICE.replace('"em24"', '"pm5000"')
+    text = BASE + pm + "[modbus.workarounds]\naddress_offset = -1\n"
+    config = load_config(_write(tmp_path, text))
+    assert config.modbus[0].points[0].address == 2998

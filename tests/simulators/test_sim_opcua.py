@@ -1,0 +1,106 @@
+"""asyncua's client reads the OPC UA address space of docs/simulators.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from asyncua import Client, ua
+
+from simulators.runner import PlantRunner
+
+URI = "urn:plantprint:simulator"
+
+
+async def _read(client: Client, idx: int, node: str) -> ua.DataValue:
+    return await client.get_node(ua.NodeId(node, idx)).read_data_value(raise_on_bad_status=False)
+
+
+def _at(runner: PlantRunner, seconds: float) -> datetime:
+    return runner.sc.scenario.start + timedelta(seconds=seconds)
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+async def test_states_batches_and_meters(plant_factory) -> None:
+    async with plant_factory("small", duration_s=3300) as runner:
+        url = runner.endpoints()["opcua"]["url"]
+        async with Client(url, timeout=5) as client:
+            idx = await client.get_namespace_index(URI)
+            # browse path Objects/Plant/Assets/L1-oven/State
+            state = await client.nodes.objects.get_child(
+                [f"{idx}:Plant", f"{idx}:Assets", f"{idx}:L1-oven", f"{idx}:State"])
+            assert await state.read_value() == "production"
+            assert (await _read(client, idx, "L1-oven.StateCode")).Value.Value == 3
+            assert (await _read(client, idx, "L1-press.State")).Value.Value == "idle"
+            # two concurrent batches on the oven, one ended on the press
+            slots = {}
+            for slot in ("L1-oven.Batch0", "L1-oven.Batch1", "L1-press.Batch0"):
+                slots[slot] = {n: (await _read(client, idx, f"{slot}.{n}")).Value.Value
+                               for n in ("BatchId", "Running", "StartTime", "EndTime",
+                                         "Quantity", "Unit", "Product")}
+            assert slots["L1-oven.Batch0"]["BatchId"] == "B-002"
+            assert slots["L1-oven.Batch0"]["Running"] is True
+            assert _utc(slots["L1-oven.Batch0"]["StartTime"]) == _at(runner, 1200)
+            assert slots["L1-oven.Batch1"]["BatchId"] == "B-003"
+            assert slots["L1-oven.Batch1"]["Product"] == "brick-B"
+            press = slots["L1-press.Batch0"]
+            assert (press["BatchId"], press["Running"], press["Quantity"], press["Unit"]) == (
+                "B-001", False, 12.0, "t")
+            assert _utc(press["EndTime"]) == _at(runner, 2400)
+            # an energy counter and a flow meter, with source timestamps and status
+            ms = runner.model.by_id["M-DRIVE"]
+            dv = await _read(client, idx, "M-DRIVE.Energy")
+            assert math.isclose(dv.Value.Value, ms.cfg.counter_start + ms.energy, rel_tol=1e-12)
+            assert dv.StatusCode.is_good()
+            assert _utc(dv.SourceTimestamp) == _at(runner, 3300)
+            flow = runner.model.by_id["M-STEAM"]
+            dv = await _read(client, idx, "M-STEAM.Flow")
+            assert math.isclose(dv.Value.Value, flow.rate, rel_tol=1e-12)
+            vol = (await _read(client, idx, "M-STEAM.Volume")).Value.Value
+            assert math.isclose(vol, flow.cfg.counter_start + flow.energy, rel_tol=1e-12)
+
+
+async def test_dropout_skew_and_late_end(plant_factory) -> None:
+    async with plant_factory("faults", duration_s=3700) as runner:
+        url = runner.endpoints()["opcua"]["url"]
+        async with Client(url, timeout=5) as client:
+            idx = await client.get_namespace_index(URI)
+            dv = await _read(client, idx, "L2-COOLER-FANS-PLC.Energy")
+            assert dv.StatusCode.value == ua.StatusCodes.BadNoCommunication
+            dv = await _read(client, idx, "L2-KILN-DRIVE-PLC.Energy")
+            assert dv.StatusCode.is_good()
+            assert _utc(dv.SourceTimestamp) == _at(runner, 3700 - 42.5)  # skewed device clock
+        # the kiln's first batch truly ends at 3960 but its end event is 480 s late
+        runner.opt = dataclasses.replace(runner.opt, duration_s=4200)
+        await runner.run()
+        assert runner.model.schedule.state["L2-kiln"] != "production"
+        async with Client(url, timeout=5) as client:
+            idx = await client.get_namespace_index(URI)
+            assert (await _read(client, idx, "L2-kiln.Batch0.Running")).Value.Value is True
+        runner.opt = dataclasses.replace(runner.opt, duration_s=4460)
+        await runner.run()
+        async with Client(url, timeout=5) as client:
+            idx = await client.get_namespace_index(URI)
+            assert (await _read(client, idx, "L2-kiln.Batch0.Running")).Value.Value is False
+            end = (await _read(client, idx, "L2-kiln.Batch0.EndTime")).Value.Value
+            assert _utc(end) == _at(runner, 3960)  # the true end, published late
+
+
+async def test_server_restart_comes_back_on_the_same_port(plant_factory) -> None:
+    async with plant_factory("faults", duration_s=4560) as runner:
+        url = runner.endpoints()["opcua"]["url"]
+        with pytest.raises((OSError, TimeoutError)):
+            async with Client(url, timeout=2):
+                pass
+        runner.opt = dataclasses.replace(runner.opt, duration_s=4700)
+        await runner.run()
+        async with Client(url, timeout=5) as client:
+            idx = await client.get_namespace_index(URI)
+            assert (await _read(client, idx, "L2-kiln.Line")).Value.Value == "L2"
+            dv = await _read(client, idx, "L2-KILN-DRIVE-PLC.Energy")
+            assert _utc(dv.SourceTimestamp) == _at(runner, 4700 - 42.5)  # fresh, still skewed
