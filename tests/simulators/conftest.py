@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -48,12 +49,22 @@ def plant_factory(tmp_path: Path):
 
 
 @pytest.fixture(autouse=True)
-def _no_leftovers():
-    """Fail a test that leaves threads behind (tasks are checked per loop by pytest-asyncio)."""
+def _no_leftovers() -> Iterator[None]:
+    """Fail a test that leaves threads behind (tasks are checked per loop by pytest-asyncio).
+
+    Threads get a short grace period: asyncio's child watcher thread
+    (``asyncio-waitpid-N``) outlives ``proc.wait()`` by a few instructions,
+    because it hands the exit status to the loop before it returns.
+    """
     before = set(threading.enumerate())
     yield
-    extra = [t for t in threading.enumerate() if t not in before and t.is_alive()
-             and not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))]
+    deadline = time.monotonic() + 5.0
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()
+                 and not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert not extra, f"threads left behind: {extra}"
 
 
