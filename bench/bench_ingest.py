@@ -7,10 +7,12 @@ and lands them (frame ledger, COPY into staging, INSERT … ON CONFLICT into
 migrated database. Timing starts after the first landed poll (so the consumer
 group join, ~3 s on tansu, is not counted) and ends when every frame landed.
 
-* readings/s (wall, one ingest process) against psycopg ``COPY`` of the same
-  rows, as prepared text, into a fresh copy of ``reading`` (same columns, key
-  and indexes), moments apart, same machine and server (the ``psql \\copy``
-  baseline);
+* readings/s (wall, one ingest process) against ``psql \\copy`` of the same
+  rows, as prepared text in a file, into a fresh copy of ``reading`` (same
+  columns, key and indexes), moments apart, same machine and server. The psql
+  process start (~10 ms) is inside the timing, a rounding error at 600k rows.
+  Where no ``psql`` client is installed the baseline is psycopg ``COPY`` of the
+  same text, and the table says so;
 * readings per CPU-second of the ingest process (per core), against the same COPY.
 
 Goal: ≥ 200k readings/s per core and ≥ 0.5 × COPY. Anchor: PostgreSQL loads
@@ -19,8 +21,11 @@ Goal: ≥ 200k readings/s per core and ≥ 0.5 × COPY. Anchor: PostgreSQL loads
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -59,21 +64,44 @@ def _copy_rows(frames: list[tuple[str, bytes]], keys: dict[str, str]) -> str:
     return copy_text(decoded)  # type: ignore[arg-type]
 
 
-def _baseline_copy(dsn: str, text: str, rows: int) -> float:
-    """Seconds for psycopg COPY of the same rows (as text, prepared beforehand) into a
-    fresh copy of ``reading`` (same columns, primary key and indexes)."""
-    with psycopg.connect(dsn) as conn:
+COPY_COLUMNS = "site, gateway, meter, channel, ts, value, unit, quality, seq"
+
+
+def _baseline_copy(dsn: str, text: str, rows: int, scratch: Path) -> tuple[str, float]:
+    """(baseline name, seconds) to load the same rows, as prepared text, into a
+    fresh copy of ``reading`` (same columns, primary key and indexes): with
+    ``psql \\copy`` as the issue names it, or psycopg COPY where psql is missing."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE copy_baseline (LIKE reading INCLUDING ALL)")
-        conn.commit()
-        t0 = time.perf_counter()
-        columns = "site, gateway, meter, channel, ts, value, unit, quality, seq"
-        with conn.cursor().copy(f"COPY copy_baseline ({columns}) FROM STDIN") as copy:
-            copy.write(text)
-        conn.commit()
-        seconds = time.perf_counter() - t0
+    psql = shutil.which("psql")
+    if psql:
+        scratch.mkdir(parents=True, exist_ok=True)
+        data = scratch / "copy_baseline.txt"
+        data.write_text(text, encoding="utf-8")
+        try:
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [psql, "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-q", "-d", dsn,
+                 "-c", f"\\copy copy_baseline ({COPY_COLUMNS}) FROM '{data}'"],
+                capture_output=True, text=True, timeout=600)
+            seconds = time.perf_counter() - t0
+            if done.returncode:
+                raise RuntimeError(f"psql \\copy baseline failed: {done.stderr.strip()}")
+        finally:
+            data.unlink(missing_ok=True)
+        name = "psql \\copy rows/s"
+    else:
+        with psycopg.connect(dsn) as conn:
+            t0 = time.perf_counter()
+            with conn.cursor().copy(f"COPY copy_baseline ({COPY_COLUMNS}) FROM STDIN") as copy:
+                copy.write(text)
+            conn.commit()
+            seconds = time.perf_counter() - t0
+        name = "psycopg COPY rows/s (no psql client)"
+    with psycopg.connect(dsn) as conn:
         n = conn.execute("SELECT count(*) FROM copy_baseline").fetchone()
-        assert n == (rows,), f"baseline copied {n} rows, expected {rows}"
-    return seconds
+    assert n == (rows,), f"baseline copied {n} rows, expected {rows}"
+    return name, seconds
 
 
 def _services() -> tuple[Any, list[str]]:
@@ -145,7 +173,8 @@ def run(ctx: BenchContext) -> list[Figure]:
         with psycopg.connect(dsn) as conn:
             landed = conn.execute("SELECT count(*) FROM reading").fetchone()
             assert landed == (rows,), f"ingest landed {landed}, expected {rows}"
-        copy_s = _baseline_copy(dsn, _copy_rows(frames, keys), rows)
+        copy_name, copy_s = _baseline_copy(dsn, _copy_rows(frames, keys), rows,
+                                              Path(ctx.scratch))
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
@@ -154,9 +183,9 @@ def run(ctx: BenchContext) -> list[Figure]:
     note = f"{rows:,} readings in {len(frames)} frames of {READINGS_PER_FRAME}"
     return [
         Figure("ingest", "Kafka → PostgreSQL readings/s (wall, 1 process)", rate, "readings/s",
-               "psycopg COPY rows/s", copy_rate, "≥ 0.5 × COPY", "higher",
+               copy_name, copy_rate, "≥ 0.5 × COPY", "higher",
                rate >= 0.5 * copy_rate, note),
         Figure("ingest", "Kafka → PostgreSQL readings per CPU-second", per_core,
-               "readings/core-s", "psycopg COPY rows/s", copy_rate, "≥ 200k/core", "higher",
+               "readings/core-s", copy_name, copy_rate, "≥ 200k/core", "higher",
                per_core >= 200_000, note),
     ]
