@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 __all__ = ["DEFAULT_USER", "SUPERUSER", "running_port", "server_pid", "start", "stop"]
 
@@ -376,11 +377,14 @@ def start(state_dir: Path, port: int, *, user: str = DEFAULT_USER) -> str:
     return _dsn(port)
 
 
-def stop(state_dir: Path) -> None:
-    """Fast shutdown of the server under ``state_dir``; wait until it is gone.
+def stop(state_dir: Path, *, mode: Literal["fast", "immediate"] = "fast") -> None:
+    """Shut down the server under ``state_dir``; wait until it is gone.
 
-    A no-op when it is not running (or was never initialised). Escalates to an
-    immediate shutdown if the fast one does not finish within STOP_TIMEOUT s.
+    A no-op when it is not running (or was never initialised). ``fast``
+    escalates to an immediate shutdown if it does not finish within
+    STOP_TIMEOUT s. ``immediate`` is a crash as far as the data is concerned
+    (no checkpoint; the next start replays the WAL): the drills use it to
+    stand for a database server that dies.
     """
     paths = _Paths.of(state_dir)
     if not (paths.pgdata / "PG_VERSION").exists():
@@ -396,8 +400,8 @@ def stop(state_dir: Path) -> None:
         pg_ctl = [str(bin_dir / "pg_ctl"), "stop", "-D", str(paths.pgdata), "-w"]
         try:
             _run(
-                [*pg_ctl, "-m", "fast", "-t", str(STOP_TIMEOUT)],
-                who, paths, "fast shutdown", timeout=STOP_TIMEOUT + 15,
+                [*pg_ctl, "-m", mode, "-t", str(STOP_TIMEOUT)],
+                who, paths, f"{mode} shutdown", timeout=STOP_TIMEOUT + 15,
             )  # fmt: skip
         except RuntimeError as fast_error:
             with contextlib.suppress(RuntimeError):
