@@ -29,7 +29,14 @@ from ingest.bridge_ledger import BridgeLedger, Key
 from ingest.config import ServerConfig
 from ingest.errors import IngestError
 from ingest.kafka_wait import wait_for_kafka
-from ingest.metrics import BRIDGE_FORWARDED, BRIDGE_SKIPPED
+from ingest.metrics import (
+    BRIDGE_FORWARDED,
+    BRIDGE_INFLIGHT,
+    BRIDGE_KAFKA_ERRORS,
+    BRIDGE_MQTT_CONNECTED,
+    BRIDGE_SKIPPED,
+)
+from ingest.metrics import serve as serve_metrics
 
 logger = logging.getLogger(__name__)
 STREAMS = ("readings", "batches")
@@ -162,11 +169,13 @@ class Bridge:
             logger.error("MQTT connect to %s:%d refused: %s", self._b.mqtt_host,
                          self._b.mqtt_port, rc)
             return
+        BRIDGE_MQTT_CONNECTED.set(1)
         root = self._b.topic_root
         client.subscribe([(f"{root}/+/+/{s}", 1) for s in STREAMS])
         logger.info("bridging %s/+/+/{readings,batches} → Kafka", root)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        BRIDGE_MQTT_CONNECTED.set(0)
         if not self._stop.is_set():
             logger.warning("MQTT disconnected (%s); paho reconnects", rc)
 
@@ -191,6 +200,7 @@ class Bridge:
                     return
                 self._inflight[key] = [msg.mid]
             self.ledger.begin(key)
+        BRIDGE_INFLIGHT.inc()
         future = self._producer.send(self.cfg.kafka.topic(stream), value=payload,
                                      key=site.encode())
         future.add_callback(self._on_kafka_ack, client, key, msg.mid, msg.qos, stream)
@@ -198,6 +208,7 @@ class Bridge:
 
     def _on_kafka_ack(self, client: mqtt.Client, key: Key | None, mid: int, qos: int,
                       stream: str, meta: Any) -> None:
+        BRIDGE_INFLIGHT.dec()
         mids = [mid]
         if key is not None:
             assert self.ledger is not None
@@ -209,11 +220,16 @@ class Bridge:
             client.ack(m, qos)
 
     def _on_kafka_error(self, topic: str, exc: BaseException) -> None:
+        BRIDGE_INFLIGHT.dec()
+        BRIDGE_KAFKA_ERRORS.inc()
         logger.error("Kafka refused a message from %s: %s", topic, exc)
         self._error = exc
 
 
 def run_bridge(cfg: ServerConfig) -> None:
+    """The process: its own metrics endpoint, signal handling, the bridge."""
+    if cfg.bridge.metrics_port:
+        serve_metrics(cfg.bridge.metrics_port, cfg.metrics.addr, "[bridge] metrics_port")
     bridge = Bridge(cfg)
     signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
     signal.signal(signal.SIGINT, lambda *_: bridge.stop())

@@ -93,10 +93,15 @@ class BridgeConfig(_Frozen):
     topic_root: str = "plantprint"
     state_file: Path = Path("bridge-state.sqlite")
     readback_idle_s: float = Field(default=2.0, gt=0)
+    # the bridge's own Prometheus endpoint (it runs as its own process); 0: none
+    metrics_port: int = Field(default=9109, ge=0, le=65535)
 
 
 class MetricsConfig(_Frozen):
     port: int = Field(default=9108, ge=0, le=65535)  # 0: no metrics endpoint
+    # bind address of the consumer's and the bridge's endpoints; loopback by default,
+    # "0.0.0.0" (or the host's plant-network address) for a Prometheus on another host
+    addr: str = "127.0.0.1"
 
 
 class ServerConfig(_Frozen):

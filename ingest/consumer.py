@@ -31,7 +31,6 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from prometheus_client import start_http_server
 
 from edge.wire import Frame, WireError, decode, peek_gateway
 from ingest import metrics
@@ -303,7 +302,7 @@ def _report_conflicts(conflicts: list[Conflict]) -> None:
 def run_consumer(cfg: ServerConfig) -> None:
     """The process: metrics endpoint, signal handling, the poll loop."""
     if cfg.metrics.port:
-        start_http_server(cfg.metrics.port, addr="127.0.0.1")
+        metrics.serve(cfg.metrics.port, cfg.metrics.addr, "[metrics] port")
     consumer = IngestConsumer(cfg)
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     signal.signal(signal.SIGINT, lambda *_: consumer.stop())

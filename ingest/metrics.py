@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import logging
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+from ingest.errors import IngestError
+
+logger = logging.getLogger(__name__)
 
 MESSAGES = Counter(
     "plantprint_ingest_messages", "Kafka messages handled", ["topic", "outcome"]
@@ -39,3 +45,24 @@ BRIDGE_FORWARDED = Counter(
 BRIDGE_SKIPPED = Counter(
     "plantprint_bridge_skipped", "Redelivered MQTT messages already in Kafka", ["stream"]
 )
+BRIDGE_INFLIGHT = Gauge(
+    "plantprint_bridge_inflight",
+    "MQTT messages sent to Kafka and not yet acknowledged by it (MQTT not yet acked)",
+)
+BRIDGE_MQTT_CONNECTED = Gauge(
+    "plantprint_bridge_mqtt_connected", "1 while the bridge holds its MQTT session, else 0"
+)
+BRIDGE_KAFKA_ERRORS = Counter(
+    "plantprint_bridge_kafka_errors", "Records Kafka refused (the bridge stops on the first)"
+)
+
+
+def serve(port: int, addr: str, key: str) -> None:
+    """Serve the default registry on ``addr:port``; ``key`` names the config key
+    that chose the port, for the error an operator reads when it is taken."""
+    try:
+        start_http_server(port, addr=addr)
+    except OSError as exc:
+        raise IngestError(f"metrics endpoint {addr}:{port} ({key}, [metrics] addr): {exc.strerror}"
+                          " — pick a free port, or 0 for no endpoint") from None
+    logger.info("metrics on http://%s:%d/metrics", addr, port)

@@ -92,6 +92,7 @@ def make_config(tmp_path: Path, services, topic_prefix: str) -> Callable[..., Pa
                       "group": f"{topic_prefix}ingest", "session_timeout_ms": 6000},
             "database": {"dsn": dsn, "reconnect_max_s": 1.0},
             "metrics": {"port": 0},
+            "bridge": {"metrics_port": 0},  # tests that scrape it pick a free port
             "gateways": {g.name: {"public_key": public_key_b64(g.key)} for g in gateways},
         }
         for t, values in tables.items():

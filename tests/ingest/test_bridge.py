@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from ingest_helpers import Gateway, read_topic, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
+from deploy.procs import free_port
 from ingest.bridge import message_key
 from ingest.migrate import migrate
 
@@ -25,6 +27,13 @@ def publisher(host: str, port: int) -> mqtt.Client:
     client.connect(host, port)
     client.loop_start()
     return client
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The bridge's /metrics as {series: value} (series with its labels, as exposed)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def test_bridge_forwards_each_qos1_message_once_across_a_crash(
@@ -89,6 +98,7 @@ def test_bridge_waits_for_kafka_and_mqtt_started_after_it(
     kafka = broker_factory()
     kafka.stop()  # a known port with nothing listening yet
     mosquitto = MosquittoBroker(f"mqtt-{topic_prefix.rstrip('.')}")
+    metrics_port = free_port()
     g = Gateway("gw-late", site="s8", meters=2)
     dsn = new_database()
     migrate(dsn)
@@ -96,12 +106,13 @@ def test_bridge_waits_for_kafka_and_mqtt_started_after_it(
     cfg = make_config(dsn, [g], kafka={"bootstrap": kafka.bootstrap}, bridge={
         "mqtt_host": "127.0.0.1", "mqtt_port": mosquitto.port,
         "client_id": f"bridge-{topic_prefix}", "topic_root": root,
-        "state_file": str(tmp_path / "bridge.sqlite"),
+        "state_file": str(tmp_path / "bridge.sqlite"), "metrics_port": metrics_port,
     })
     bridge = ingest_process("bridge", "--config", str(cfg))
     bridge.start()
     try:
         wait_for(lambda: "Kafka is not reachable" in bridge.log.read_text(), 30, "retry logged")
+        assert scrape(metrics_port)["plantprint_bridge_mqtt_connected"] == 0
         assert kafka.bootstrap in bridge.log.read_text()
         kafka.start()
         mosquitto.start()
@@ -115,8 +126,14 @@ def test_bridge_waits_for_kafka_and_mqtt_started_after_it(
             pub.loop_stop()
             pub.disconnect()
         records = read_topic(kafka.bootstrap, f"{topic_prefix}readings", 10, 30)
+        seen = scrape(metrics_port)
     finally:
         assert bridge.stop() == 0
         mosquitto.stop()
     assert sorted(r.value for r in records) == sorted(payloads)
+    # what an operator's Prometheus sees: all 10 forwarded, none waiting, session held
+    assert seen['plantprint_bridge_forwarded_total{stream="readings"}'] == 10
+    assert seen["plantprint_bridge_inflight"] == 0
+    assert seen["plantprint_bridge_mqtt_connected"] == 1
+    assert seen.get("plantprint_bridge_kafka_errors_total") == 0
     assert "Traceback" not in bridge.log.read_text()
