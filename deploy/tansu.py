@@ -45,12 +45,20 @@ def kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 class TansuBroker(ManagedService):
-    """One tansu broker on 127.0.0.1, on a fixed port once chosen (restart keeps it)."""
+    """One tansu broker on 127.0.0.1, on a fixed port once chosen (restart keeps it).
+
+    ``advertised_port``: the port clients are told to use in metadata, when
+    something sits in front of the broker (tansu has no TLS listener: a TLS
+    terminating proxy on that port forwards to ``port``). Default: ``port``.
+    """
 
     kind = "tansu"
 
-    def __init__(self, name: str = "kafka", port: int | None = None) -> None:
+    def __init__(
+        self, name: str = "kafka", port: int | None = None, advertised_port: int | None = None
+    ) -> None:
         super().__init__(name, port)
+        self.advertised_port = advertised_port
 
     @property
     def bootstrap(self) -> str:
@@ -58,9 +66,10 @@ class TansuBroker(ManagedService):
 
     def argv(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         return [
             str(tansu_binary()), "broker",
-            "--listener-url", url, "--advertised-listener-url", url,
+            "--listener-url", url, "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/",
         ]
 

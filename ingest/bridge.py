@@ -9,6 +9,12 @@ acknowledged the record and the ledger recorded it, so a crash never loses a
 message, and the ledger (``ingest.bridge_ledger``) makes a redelivery after a
 crash not produce it twice. Messages whose sequence cannot be read are
 forwarded as they are: ingest puts them in the DLQ.
+
+Both sides may use TLS: the Kafka clients take ``[kafka]``'s security settings
+(``KafkaConfig.client_config``), the MQTT client ``[bridge] tls``, ``ca_file``,
+``cert_file``, ``key_file``, ``username`` and ``password``. paho retries a
+failed MQTT connection without saying why; when TLS is on, the bridge repeats
+the handshake itself and logs what TLS refused (once per distinct reason).
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from ingest.metrics import (
     BRIDGE_SKIPPED,
 )
 from ingest.metrics import serve as serve_metrics
+from ingest.tls import tls_problem
 
 logger = logging.getLogger(__name__)
 STREAMS = ("readings", "batches")
+TLS_PROBE_TIMEOUT_S = 5.0  # TCP connect of the handshake repeated to explain a refusal
 
 
 class BridgeError(IngestError):
@@ -68,6 +76,7 @@ class Bridge:
         self.ledger: BridgeLedger | None = None
         self._producer: KafkaProducer | None = None
         self._client: mqtt.Client | None = None
+        self._mqtt_problem: str | None = None  # last TLS refusal logged
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> bool:
@@ -75,13 +84,7 @@ class Bridge:
         self.ledger = BridgeLedger(self._b.state_file)
         if not self._wait_for_kafka():
             return False
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self._b.client_id,
-            clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True,
-        )
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.on_disconnect = self._on_disconnect
+        client = self._mqtt_client()
         client.reconnect_delay_set(1, 5)
         # connect_async: paho's loop keeps retrying a broker that is not up yet
         client.connect_async(self._b.mqtt_host, self._b.mqtt_port, keepalive=30)
@@ -89,12 +92,29 @@ class Bridge:
         self._client = client
         return True
 
+    def _mqtt_client(self) -> mqtt.Client:
+        b = self._b
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=b.client_id,
+            clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True,
+        )
+        if b.username is not None:
+            client.username_pw_set(b.username,
+                                   b.password.get_secret_value() if b.password else None)
+        if b.tls:
+            client.tls_set_context(b.ssl_context())
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        return client
+
     def _connect_kafka(self) -> None:
         # the producer first: its constructor fails cleanly when no broker answers
         # (a failed KafkaConsumer construction, used by the read-back, leaves a thread)
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=self.cfg.kafka.bootstrap, acks="all", linger_ms=2,
+                **self.cfg.kafka.client_config(), acks="all", linger_ms=2,
                 max_request_size=self.cfg.limits.max_frame_bytes + (1 << 20),
                 client_id=self._b.client_id,
                 bootstrap_timeout_ms=int(self.cfg.kafka.connect_timeout_s * 1000),
@@ -103,8 +123,7 @@ class Bridge:
 
     def _wait_for_kafka(self) -> bool:
         """Kafka first: MQTT messages are acknowledged only once Kafka has them."""
-        k = self.cfg.kafka
-        return wait_for_kafka(self._connect_kafka, k.bootstrap, k.reconnect_max_s, self._stop,
+        return wait_for_kafka(self._connect_kafka, self.cfg.kafka, self._stop,
                               "the bridge subscribes to MQTT only once Kafka answers")
 
     def run(self) -> None:
@@ -141,7 +160,7 @@ class Bridge:
     def _read_back(self, pending: set[Key], start: dict[tuple[str, int], int]) -> dict[
         Key, tuple[str, int, int]
     ]:
-        consumer = KafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap,
+        consumer = KafkaConsumer(**self.cfg.kafka.client_config(),
                                  enable_auto_commit=False,
                                  fetch_max_bytes=self.cfg.kafka.fetch_max_bytes)
         found: dict[Key, tuple[str, int, int]] = {}
@@ -170,6 +189,7 @@ class Bridge:
                          self._b.mqtt_port, rc)
             return
         BRIDGE_MQTT_CONNECTED.set(1)
+        self._mqtt_problem = None
         root = self._b.topic_root
         client.subscribe([(f"{root}/+/+/{s}", 1) for s in STREAMS])
         logger.info("bridging %s/+/+/{readings,batches} → Kafka", root)
@@ -178,6 +198,22 @@ class Bridge:
         BRIDGE_MQTT_CONNECTED.set(0)
         if not self._stop.is_set():
             logger.warning("MQTT disconnected (%s); paho reconnects", rc)
+            if rc.is_failure:  # a refused client certificate shows up as a lost connection
+                self._explain_tls_refusal()
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self._explain_tls_refusal()
+
+    def _explain_tls_refusal(self) -> None:
+        """paho retries without saying why; say it when TLS is the reason (paho's thread)."""
+        b = self._b
+        if not b.tls:
+            return
+        problem = tls_problem(b.mqtt_host, b.mqtt_port, b.ssl_context(), TLS_PROBE_TIMEOUT_S)
+        if problem is not None and problem != self._mqtt_problem:
+            logger.error("MQTT broker %s:%d: %s (see [bridge] ca_file, cert_file, key_file, "
+                         "tls_insecure); paho keeps retrying", b.mqtt_host, b.mqtt_port, problem)
+        self._mqtt_problem = problem
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         assert self.ledger is not None and self._producer is not None

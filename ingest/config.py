@@ -2,24 +2,80 @@
 
 Loaded with tomllib into frozen pydantic models; a bad file fails at load with
 the file, the key and what was expected. Sample: ``deploy/server/server.toml``.
+
+TLS and credential files (``[kafka] ssl_*``, ``[bridge] ca_file``, ...) are
+taken relative to the config file's folder, as in the edge's config, and must
+exist and load (key matching certificate, right password) when the file is
+loaded, not at the first connection. An empty string means "not set" (TOML has
+no null, and the sample documents every key).
 """
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from kafka.cluster import collect_hosts
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edge.wire import DEFAULT_MAX_BYTES, public_key_from_b64
 from ingest.errors import ConfigError
+from ingest.tls import client_context
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+def _existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A relative path is taken from the config file's folder (validation context ``base``)."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    if not path.is_file():
+        raise ValueError(f"expected a PEM file; {path} does not exist or is not a file")
+    return path
+
+
+def _check_loadable(keys: tuple[str, str, str], cafile: Path | None, certfile: Path | None,
+                    keyfile: Path | None, password: str | None, hint: str) -> None:
+    """Load the files the way the clients will, so a bad one fails now, naming its key."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile is not None:
+        try:
+            ctx.load_verify_locations(cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"{keys[0]} {cafile}: expected PEM CA certificates: {exc}") from exc
+    if certfile is not None:
+        try:
+            ctx.load_cert_chain(certfile, keyfile, password or "")
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"{keys[1]} {certfile} / {keys[2]} {keyfile}: cannot load the client "
+                f"certificate and its key ({exc}); {hint}") from exc
+
+
+def _unused(names: list[str], why: str) -> None:
+    if names:
+        raise ValueError(f"{', '.join(names)} set but {why}: remove them, or enable it")
 
 
 class KafkaConfig(_Frozen):
@@ -35,9 +91,82 @@ class KafkaConfig(_Frozen):
     # a broker not there at startup: each attempt waits this long, then capped backoff
     connect_timeout_s: float = Field(default=5.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # the same names and meaning as the edge's [outputs.kafka]; every ingest client uses them
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None  # None: the system's trust store
+    ssl_certfile: Path | None = None  # client certificate, for brokers that require one
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None  # of ssl_keyfile
+    ssl_check_hostname: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    _blank = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
+                             "sasl_mechanism", "sasl_username", "sasl_password",
+                             mode="before")(_blank_is_none)
+    _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(_existing_file)
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaConfig:
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password"
+            )
+        if not sasl:
+            _unused([n for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+                     if getattr(self, n) is not None],
+                    f"security_protocol {self.security_protocol} does not use SASL")
+        if not self.tls:  # a forgotten protocol would silently connect in clear text
+            _unused([n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+                     if getattr(self, n) is not None],
+                    f"security_protocol {self.security_protocol} does not use TLS")
+            return self
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the certificate it belongs to)")
+        _check_loadable(("ssl_cafile", "ssl_certfile", "ssl_keyfile"), self.ssl_cafile,
+                        self.ssl_certfile, self.ssl_keyfile,
+                        self.ssl_password.get_secret_value() if self.ssl_password else None,
+                        "a key of another certificate, or a wrong ssl_password?")
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def bootstrap_addresses(self) -> list[tuple[str, int]]:
+        return [(host, port) for host, port, _family in collect_hosts(self.bootstrap, False)]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new context each time: client files renewed on disk are read again."""
+        password = self.ssl_password.get_secret_value() if self.ssl_password else None
+        return client_context(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, password,
+                              self.ssl_check_hostname)
+
+    def client_config(self) -> dict[str, Any]:
+        """kafka-python keyword arguments of every ingest client: servers and security.
+
+        The consumer, the DLQ producer, the bridge's producer and its read-back
+        consumer all start from these (secrets are revealed only here).
+        """
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.tls:
+            cfg["ssl_context"] = self.ssl_context()
+        if self.sasl_mechanism is not None:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return cfg
 
 
 class DatabaseConfig(_Frozen):
@@ -95,6 +224,37 @@ class BridgeConfig(_Frozen):
     readback_idle_s: float = Field(default=2.0, gt=0)
     # the bridge's own Prometheus endpoint (it runs as its own process); 0: none
     metrics_port: int = Field(default=9109, ge=0, le=65535)
+    # MQTT over TLS (usually port 8883); names as in the edge's [outputs.mqtt]
+    tls: bool = False
+    ca_file: Path | None = None  # None: the system's trust store
+    cert_file: Path | None = None  # client certificate, for brokers that require one
+    key_file: Path | None = None
+    tls_insecure: bool = False  # skip the host name check (the chain is still verified)
+    username: str | None = None
+    password: SecretStr | None = None
+
+    _blank = field_validator("ca_file", "cert_file", "key_file", "username", "password",
+                             mode="before")(_blank_is_none)
+    _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> BridgeConfig:
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs username")
+        if not self.tls:  # files without tls = true would silently connect in clear text
+            _unused([n for n in ("ca_file", "cert_file", "key_file") if getattr(self, n)]
+                    + (["tls_insecure"] if self.tls_insecure else []), "tls is false")
+            return self
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the certificate it belongs to)")
+        _check_loadable(("ca_file", "cert_file", "key_file"), self.ca_file, self.cert_file,
+                        self.key_file, None,
+                        "a key of another certificate, or an encrypted key (not supported)?")
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return client_context(self.ca_file, self.cert_file, self.key_file, None,
+                              not self.tls_insecure)
 
 
 class MetricsConfig(_Frozen):
@@ -134,7 +294,8 @@ def load_config(path: Path) -> ServerConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     try:
-        return ServerConfig.model_validate(raw)
+        # relative TLS file names are taken from the config file's folder
+        return ServerConfig.model_validate(raw, context={"base": path.absolute().parent})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()

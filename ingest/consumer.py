@@ -102,7 +102,7 @@ class IngestConsumer:
     def start(self) -> bool:
         """Connect to Kafka, waiting for the broker if needed; False if stopped meanwhile."""
         k = self.cfg.kafka
-        if wait_for_kafka(self._connect, k.bootstrap, k.reconnect_max_s, self._stop,
+        if wait_for_kafka(self._connect, k, self._stop,
                           "ingest waits for the broker; SIGTERM stops it"):
             self._worker.start()
             logger.info("consuming %s as group %s from %s", self._topics, k.group, k.bootstrap)
@@ -117,13 +117,13 @@ class IngestConsumer:
         timeout_ms = int(k.connect_timeout_s * 1000)
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=k.bootstrap, acks="all", linger_ms=5,
+                **k.client_config(), acks="all", linger_ms=5,
                 max_request_size=k.dlq_max_bytes + (1 << 20), client_id=f"{k.group}-dlq",
                 bootstrap_timeout_ms=timeout_ms,
             )
             self._dlq = DeadLetterQueue(self._producer, k.topic("dlq"), k.dlq_max_bytes)
         self._consumer = KafkaConsumer(
-            bootstrap_servers=k.bootstrap, group_id=k.group, client_id=k.group,
+            **k.client_config(), group_id=k.group, client_id=k.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=k.session_timeout_ms,
             heartbeat_interval_ms=max(100, k.session_timeout_ms // 3),

@@ -3,6 +3,11 @@
 A site powers up in any order: rather than exit with a traceback, the process
 logs one line per attempt naming the bootstrap servers and retries with capped
 exponential backoff until the broker answers or it is asked to stop.
+
+Over TLS, kafka-python reports a refused handshake (wrong CA, certificate
+required, host name) only as "Unable to bootstrap"; after such a failure the
+handshake is repeated with the clients' own context (``ingest.tls``) and the
+line says what TLS refused, and which ``[kafka]`` key to look at.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from contextlib import contextmanager
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from ingest import metrics
+from ingest.config import KafkaConfig
+from ingest.tls import first_tls_problem
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +42,16 @@ def kafka_library_quiet(quiet: bool) -> Iterator[None]:
         lib.setLevel(level)
 
 
+def tls_problem(kafka: KafkaConfig) -> str | None:
+    """What TLS refuses with the bootstrap servers, or None (not a TLS problem, or no TLS)."""
+    if not kafka.tls:
+        return None
+    return first_tls_problem(kafka.bootstrap_addresses(), kafka.ssl_context(),
+                             kafka.connect_timeout_s)
+
+
 def wait_for_kafka(
-    connect: Callable[[], None], bootstrap: str, max_delay_s: float,
-    stop: threading.Event, consequence: str,
+    connect: Callable[[], None], kafka: KafkaConfig, stop: threading.Event, consequence: str,
 ) -> bool:
     """Call ``connect`` until it stops raising an unreachable-broker error.
 
@@ -51,10 +65,17 @@ def wait_for_kafka(
                 connect()
             return True
         except UNREACHABLE as exc:
-            logger.error(
-                "Kafka is not reachable at bootstrap servers %s (%s); retrying in %.1f s (%s)",
-                bootstrap, exc, delay, consequence)
+            problem = tls_problem(kafka)
+            if problem is None:
+                logger.error(
+                    "Kafka is not reachable at bootstrap servers %s (%s); retrying in %.1f s "
+                    "(%s)", kafka.bootstrap, exc, delay, consequence)
+            else:
+                logger.error(
+                    "Kafka at bootstrap servers %s: %s (see [kafka] ssl_cafile, ssl_certfile, "
+                    "ssl_keyfile, ssl_check_hostname); retrying in %.1f s (%s)",
+                    kafka.bootstrap, problem, delay, consequence)
             metrics.KAFKA_CONNECT_RETRIES.inc()
             stop.wait(delay)
-            delay, attempt = min(delay * 2, max_delay_s), attempt + 1
+            delay, attempt = min(delay * 2, kafka.reconnect_max_s), attempt + 1
     return False
