@@ -21,7 +21,8 @@ One file per gateway::
     [clock] ...                         # edge.clock.ClockConfig (simulator drills only)
 
 A bad file fails at load with :class:`ConfigError` naming the file, the key
-and what was expected.
+and what was expected; the outputs' TLS files must exist and load (key
+matching certificate, right password) then, not at the first connection.
 """
 
 from __future__ import annotations
@@ -225,7 +226,9 @@ def _resolve_profiles(config: AgentConfig, source: Path) -> AgentConfig:
 def config_from_dict(data: dict[str, Any], source: Path) -> AgentConfig:
     """Validate parsed TOML; relative paths are taken relative to ``source``'s folder."""
     try:
-        config = AgentConfig.model_validate(data)
+        # the outputs' TLS files are checked and loaded now, so they resolve their own
+        # relative names (context ``base``); _rebase leaves those absolute paths alone
+        config = AgentConfig.model_validate(data, context={"base": source.absolute().parent})
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_validation(exc)}") from exc
     config = _rebase(config, source.parent)

@@ -9,23 +9,31 @@ thread-safe tally, and the last one wakes the event loop once with
 re-created on the next publish, so a restarted broker (new topics, unknown
 producer id) gets a clean idempotent session and the forwarder re-sends the
 same frames in order (at-least-once; ingest deduplicates by sequence).
+
+Over TLS the producer gets one ``ssl.SSLContext`` from ``edge.tls``. A refused
+handshake (wrong CA, certificate required, host name) reaches us only as
+"Unable to bootstrap" or a delivery timeout; the handshake is then repeated with
+the same context and the ``PublishError`` says what TLS refused and which
+``[outputs.kafka]`` keys to look at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from kafka import KafkaProducer
+from kafka.cluster import collect_hosts
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from edge import metrics
+from edge import metrics, tls
 from edge.forward import AckTally, PublishError
 from edge.spool import SpooledMessage
 
@@ -37,6 +45,9 @@ _RECORD_OVERHEAD = 128
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 _CODECS = {"none": lambda: True, "gzip": has_gzip, "snappy": has_snappy, "lz4": has_lz4,
            "zstd": has_zstd}
+# how kafka-python says it could not reach a broker; over TLS, a refused handshake too
+_UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError, TimeoutError)
+_TLS_KEYS = "[outputs.kafka] ssl_cafile, ssl_certfile, ssl_keyfile, ssl_check_hostname"
 
 
 class KafkaOutput(BaseModel):
@@ -56,14 +67,20 @@ class KafkaOutput(BaseModel):
     delivery_timeout_s: float = Field(default=30.0, ge=0.5)
     client_id: str | None = None
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None
-    ssl_check_hostname: bool = True
+    # PEM files, relative to the site config's folder; "" or absent: not set
+    ssl_cafile: Path | None = None  # None: the system's trust store
+    ssl_certfile: Path | None = None  # client certificate, for brokers that require one
+    ssl_keyfile: Path | None = None  # its key (or both in ssl_certfile)
+    ssl_password: SecretStr | None = None  # of an encrypted ssl_keyfile
+    ssl_check_hostname: bool = True  # False: the chain is still verified, not the name
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+
+    _blank = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
+                             "sasl_mechanism", "sasl_username", "sasl_password",
+                             mode="before")(tls.blank_is_none)
+    _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(tls.existing_file)
 
     @field_validator("compression")
     @classmethod
@@ -73,15 +90,42 @@ class KafkaOutput(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _sasl_complete(self) -> KafkaOutput:
-        if self.security_protocol.startswith("SASL") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
-        ):
-            raise ValueError(
-                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
-                "sasl_username and sasl_password"
-            )
+    def _security_consistent(self) -> KafkaOutput:
+        protocol = self.security_protocol
+        if protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError(f"security_protocol {protocol} needs sasl_mechanism, "
+                                 "sasl_username and sasl_password")
+        else:
+            tls.unused([n for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+                        if getattr(self, n) is not None],
+                       f"security_protocol {protocol} does not use SASL")
+        if not self.tls:  # a forgotten security_protocol would silently send in clear text
+            tls.unused([n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+                        if getattr(self, n) is not None]
+                       + ([] if self.ssl_check_hostname else ["ssl_check_hostname"]),
+                       f"security_protocol {protocol} does not use TLS")
+            return self
+        tls.check_loadable(("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"),
+                           self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
+                           self._key_password())
         return self
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def _key_password(self) -> str | None:
+        return self.ssl_password.get_secret_value() if self.ssl_password else None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new context each time: files renewed on disk are read again."""
+        return tls.client_context(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
+                                  self._key_password(), self.ssl_check_hostname)
+
+    def bootstrap_addresses(self) -> list[tuple[str, int]]:
+        return [(host, port) for host, port, _family in collect_hosts(self.bootstrap_servers,
+                                                                      False)]
 
     def topic(self, stream: str) -> str:
         return f"{self.topic_prefix}{stream}"
@@ -103,18 +147,13 @@ class KafkaOutput(BaseModel):
             "bootstrap_timeout_ms": min(timeout_ms, 10_000),
             "reconnect_backoff_max_ms": 2_000,
             "security_protocol": self.security_protocol,
-            "ssl_check_hostname": self.ssl_check_hostname,
         }
         if not self.idempotent:  # keep order without the idempotent producer's sequencing
             cfg["max_in_flight_requests_per_connection"] = 1
         if self.client_id:
             cfg["client_id"] = self.client_id
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            path = getattr(self, name)
-            if path is not None:
-                cfg[name] = str(path)
-        if self.ssl_password is not None:
-            cfg["ssl_password"] = self.ssl_password.get_secret_value()
+        if self.tls:  # the context the TLS probe uses too (key password revealed only to it)
+            cfg["ssl_context"] = self.ssl_context()
         if self.sasl_mechanism is not None:
             cfg["sasl_mechanism"] = self.sasl_mechanism
             cfg["sasl_plain_username"] = self.sasl_username
@@ -155,8 +194,24 @@ class KafkaPublisher:
                 )
             except (KafkaError, OSError, ValueError) as exc:
                 metrics.PUBLISH_ERRORS.labels(output=self.name, kind="connect").inc()
-                raise PublishError(f"{self._where}: cannot create producer: {exc!r}") from exc
+                why = await self._explain(exc)
+                raise PublishError(f"{self._where}: cannot create producer: {why}") from exc
         return self._producer
+
+    async def _explain(self, exc: BaseException) -> str:
+        """``exc`` as kafka-python put it, after what TLS refused if that was the cause."""
+        if not (self.config.tls and isinstance(exc, _UNREACHABLE)):
+            return repr(exc)
+        try:
+            ctx = self.config.ssl_context()
+        except (ssl.SSLError, OSError) as load:
+            return f"cannot load the TLS files ({load}; see {_TLS_KEYS}); {exc!r}"
+        problem = await asyncio.to_thread(
+            tls.first_tls_problem, self.config.bootstrap_addresses(), ctx,
+            min(self.config.delivery_timeout_s, 5.0))  # seconds per server
+        if problem is None:
+            return repr(exc)
+        return f"{problem} (see {_TLS_KEYS}); {exc!r}"
 
     async def publish(self, msgs: Sequence[SpooledMessage]) -> None:
         """Send ``msgs`` in order; return when every one is acknowledged, else PublishError.
@@ -178,9 +233,10 @@ class KafkaPublisher:
             metrics.PUBLISH_ERRORS.labels(output=self.name, kind="publish").inc()
             await self._discard_producer()
             first = msgs[0]
+            why = await self._explain(exc)
             raise PublishError(
                 f"{self._where}: {len(msgs)} frames from {first.stream}#{first.seq} "
-                f"not acknowledged: {exc!r}"
+                f"not acknowledged: {why}"
             ) from exc
         metrics.PUBLISH_LATENCY.labels(output=self.name).observe(time.perf_counter() - started)
         metrics.PUBLISHED.labels(output=self.name).inc(len(msgs))

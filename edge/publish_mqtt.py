@@ -11,12 +11,19 @@ re-created on the next publish, and the forwarder re-sends the same frames.
 The session is persistent: MQTT 5 with ``clean_start=False`` and a session
 expiry interval, or MQTT 3.1.1 with ``clean_session=False``; the client id
 must then be stable, so it defaults to ``plantprint-edge-<gateway>``.
+
+Connecting fails promptly and says why: a refused TLS handshake names what TLS
+refused (``edge.tls.describe``), a CONNACK refusal its reason ("Not
+authorized"), a broker that drops the session before its CONNACK is probed
+for a TLS refusal (a client certificate it does not accept).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -28,9 +35,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from edge import metrics
+from edge import metrics, tls
 from edge.forward import AckTally, PublishError
 from edge.spool import SpooledMessage
 
@@ -38,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 # PUBLISH fixed header (<= 5), topic length (2), packet id (2), MQTT 5 properties: generous
 _PACKET_OVERHEAD = 64
+_TLS_KEYS = "[outputs.mqtt] ca_file, cert_file, key_file, tls_insecure"
 
 
 class MqttOutput(BaseModel):
@@ -61,9 +69,16 @@ class MqttOutput(BaseModel):
     topic_root: str = "plantprint"
     username: str | None = None
     password: SecretStr | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    # TLS (mqtts:// only): PEM files, relative to the site config's folder; "": not set
+    ca_file: Path | None = None  # None: the system's trust store
+    cert_file: Path | None = None  # client certificate, for brokers that require one
+    key_file: Path | None = None  # its key (or both in cert_file)
+    key_password: SecretStr | None = None  # of an encrypted key_file
+    tls_insecure: bool = False  # skip the host name check (the chain is still verified)
+
+    _blank = field_validator("username", "password", "ca_file", "cert_file", "key_file",
+                             "key_password", mode="before")(tls.blank_is_none)
+    _files = field_validator("ca_file", "cert_file", "key_file")(tls.existing_file)
 
     @field_validator("url")
     @classmethod
@@ -72,6 +87,28 @@ class MqttOutput(BaseModel):
         if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
             raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> MqttOutput:
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs username")
+        if not self.tls:  # TLS files with mqtt:// would silently send in clear text
+            tls.unused([n for n in ("ca_file", "cert_file", "key_file", "key_password")
+                        if getattr(self, n) is not None]
+                       + (["tls_insecure"] if self.tls_insecure else []),
+                       f"url {self.url} does not use TLS (mqtts://)")
+            return self
+        tls.check_loadable(("ca_file", "cert_file", "key_file", "key_password"), self.ca_file,
+                           self.cert_file, self.key_file, self._key_password())
+        return self
+
+    def _key_password(self) -> str | None:
+        return self.key_password.get_secret_value() if self.key_password else None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new context each time: files renewed on disk are read again."""
+        return tls.client_context(self.ca_file, self.cert_file, self.key_file,
+                                  self._key_password(), not self.tls_insecure)
 
     @property
     def host(self) -> str:
@@ -85,6 +122,30 @@ class MqttOutput(BaseModel):
     @property
     def tls(self) -> bool:
         return urlparse(self.url).scheme == "mqtts"
+
+
+class _ConnectFailed(RuntimeError):
+    """The broker ended a connection attempt: a CONNACK refusal, or a drop before it."""
+
+    def __init__(self, why: str, dropped: bool) -> None:
+        super().__init__(why)
+        self.dropped = dropped  # no CONNACK came: maybe TLS refused our certificate late
+
+
+def _settle_connect(userdata: Any, exc: _ConnectFailed | None) -> None:
+    """From paho's thread: resolve the connect attempt's future in the loop (first call wins)."""
+    loop, connected = userdata
+
+    def settle() -> None:
+        if connected.done():
+            return
+        if exc is None:
+            connected.set_result(None)
+        else:
+            connected.set_exception(exc)
+
+    with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+        loop.call_soon_threadsafe(settle)
 
 
 class MqttPublisher:
@@ -102,7 +163,6 @@ class MqttPublisher:
         # PUBACKs that arrived before publish() returned their mid (this client only)
         self._early: dict[int, Any] = {}
         self._client: mqtt.Client | None = None
-        self._connected: asyncio.Event | None = None
         self.session_present: bool | None = None  # from the last CONNACK
 
     def topic(self, stream: str) -> str:
@@ -134,12 +194,8 @@ class MqttPublisher:
         if cfg.username is not None:
             password = cfg.password.get_secret_value() if cfg.password else None
             client.username_pw_set(cfg.username, password)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-            )
+        if cfg.tls:  # paho takes the context's check_hostname as its tls_insecure
+            client.tls_set_context(cfg.ssl_context())
         client.max_inflight_messages_set(cfg.max_inflight)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -151,22 +207,46 @@ class MqttPublisher:
             return self._client
         await self._discard_client()
         loop = asyncio.get_running_loop()
-        connected = asyncio.Event()
-        self._connected = connected
-        client = self._new_client()
-        client.user_data_set((loop, connected))
+        # settled by on_connect (CONNACK) or on_disconnect (dropped before it)
+        connected: asyncio.Future[None] = loop.create_future()
         with self._lock:
             self._early.clear()
         try:
-            await asyncio.to_thread(self._connect, client)
+            client = self._new_client()
+            client.user_data_set((loop, connected))
+            await asyncio.to_thread(self._connect, client)  # TCP and the TLS handshake
             client.loop_start()
             self._client = client
-            await asyncio.wait_for(connected.wait(), self.config.connect_timeout_s)
-        except (OSError, ValueError, TimeoutError) as exc:
+            await asyncio.wait_for(connected, self.config.connect_timeout_s)
+        except (OSError, ValueError, TimeoutError, _ConnectFailed) as exc:
             metrics.PUBLISH_ERRORS.labels(output=self.name, kind="connect").inc()
             await self._discard_client()
-            raise PublishError(f"{self._where}: cannot connect: {exc!r}") from exc
+            why = await self._explain(exc)
+            raise PublishError(f"{self._where}: cannot connect: {why}") from exc
         return client
+
+    async def _explain(self, exc: BaseException) -> str:
+        """Why connecting failed, in words an integrator can act on."""
+        if isinstance(exc, ssl.SSLError):  # the handshake itself, in connect()
+            return f"{tls.describe(exc)} (see {_TLS_KEYS}); {exc!r}"
+        if isinstance(exc, TimeoutError):
+            why = f"no CONNACK within connect_timeout_s {self.config.connect_timeout_s} s"
+        elif isinstance(exc, _ConnectFailed):
+            why = str(exc)
+            if not exc.dropped:
+                return why
+        else:
+            return repr(exc)
+        if not self.config.tls:
+            return why
+        try:
+            ctx = self.config.ssl_context()
+        except (ssl.SSLError, OSError):  # files gone since load: connect() said so already
+            return why
+        # TLS 1.3 servers refuse a client certificate after the handshake: ask again
+        problem = await asyncio.to_thread(tls.tls_problem, self.config.host, self.config.port,
+                                          ctx, self.config.connect_timeout_s)
+        return why if problem is None else f"{problem} (see {_TLS_KEYS}); {why}"
 
     def _connect(self, client: mqtt.Client) -> None:
         cfg = self.config
@@ -190,17 +270,20 @@ class MqttPublisher:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
-        loop, connected = userdata
         if reason.is_failure:
-            logger.warning("%s: connection refused: %s", self._where, reason)
+            _settle_connect(userdata, _ConnectFailed(
+                f"the broker refused the connection: {reason}", dropped=False))
             return
         self.session_present = bool(flags.session_present)
-        loop.call_soon_threadsafe(connected.set)
+        _settle_connect(userdata, None)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         logger.warning("%s: disconnected: %s", self._where, reason)
         self._fail_pending(PublishError(f"{self._where}: disconnected ({reason})"))
+        # no effect once connected; before the CONNACK it ends the connect attempt now
+        _settle_connect(userdata, _ConnectFailed(
+            f"the broker closed the connection before its CONNACK ({reason})", dropped=True))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:

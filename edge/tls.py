@@ -1,0 +1,164 @@
+"""Client TLS of the edge's Kafka and MQTT outputs: contexts, file checks, and why TLS failed.
+
+A sibling of ``ingest/tls.py`` rather than an import of it: the edge imports nothing of
+ours (a gateway installs only the edge extra), so each layer keeps its own copy.
+
+``client_context`` builds the one ``ssl.SSLContext`` both kafka-python (its
+``ssl_context`` option) and paho (``tls_set_context``) are given, so the probe
+verifies exactly what the outputs verify. kafka-python reports a refused
+handshake only as ``KafkaTimeoutError("Unable to bootstrap ...")``; after such
+a failure ``first_tls_problem`` repeats the handshake and returns a sentence an
+operator can act on, or None when TLS is fine and the failure lies elsewhere.
+
+``existing_file`` and ``check_loadable`` make the output configs load their
+files when the site config is loaded, so a wrong path, a key of another
+certificate or a wrong password fails then, naming its key, not at the first
+connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationInfo
+
+# after a completed TLS 1.3 handshake the server may still refuse our certificate:
+# its alert comes with the first read. Kafka and MQTT servers wait for the client
+# to speak first, so a quiet socket for this long (seconds) means the session was accepted.
+_ALERT_WAIT_S = 0.5
+
+
+def blank_is_none(value: Any) -> Any:
+    """TOML has no null: ``""`` means "not set", so a sample can document every key."""
+    return None if value == "" else value
+
+
+def existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    """A relative path is taken from the config file's folder (validation context ``base``)."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base")
+    path = value if value.is_absolute() or base is None else Path(base) / value
+    if not path.is_file():
+        raise ValueError(f"expected a PEM file; {path} does not exist or is not a file")
+    return path
+
+
+def unused(names: list[str], why: str) -> None:
+    """Refuse settings that would be silently ignored (TLS files without TLS: clear text)."""
+    if names:
+        raise ValueError(f"{', '.join(names)} set but {why}: remove them, or enable it")
+
+
+def check_loadable(keys: tuple[str, str, str, str], cafile: Path | None,
+                   certfile: Path | None, keyfile: Path | None, password: str | None) -> None:
+    """Load the files the way the outputs will, so a bad one fails now, naming its key.
+
+    ``keys``: the config's names of the CA file, certificate, key and key password.
+    """
+    if keyfile is not None and certfile is None:
+        raise ValueError(f"{keys[2]} needs {keys[1]} (the certificate it belongs to)")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile is not None:
+        try:
+            ctx.load_verify_locations(cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"{keys[0]} {cafile}: expected PEM CA certificates: {exc}") from exc
+    if certfile is None:
+        return
+    try:
+        ctx.load_cert_chain(certfile, keyfile, password or "")
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"{keys[1]} {certfile} / {keys[2]} {keyfile}: expected a client certificate "
+            f"and its private key ({exc}); a key of another certificate, or a wrong or "
+            f"missing {keys[3]}?") from exc
+
+
+def client_context(
+    cafile: Path | None, certfile: Path | None, keyfile: Path | None,
+    password: str | None, check_hostname: bool,
+) -> ssl.SSLContext:
+    """TLS ≥ 1.2, the server verified against ``cafile`` (None: the system's trust store).
+
+    ``check_hostname=False`` still verifies the chain; only the name is not compared.
+    Raises ``ssl.SSLError`` or ``OSError`` when a file cannot be loaded.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, host name checked
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = check_hostname
+    if cafile is not None:
+        ctx.load_verify_locations(cafile)
+    else:
+        ctx.load_default_certs()
+    if certfile is not None:
+        # never None: OpenSSL would prompt on the terminal for an encrypted key's password
+        ctx.load_cert_chain(certfile, keyfile, password or "")
+    return ctx
+
+
+def describe(exc: BaseException) -> str:
+    """A TLS failure in words: what failed and the usual cause."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or str(exc)
+        if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
+            return (f"certificate verification failed ({detail}): the server's certificate "
+                    "does not name this host")
+        return (f"certificate verification failed ({detail}): the CA file does not "
+                "vouch for the server's certificate")
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    if not isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({reason})"
+    text = reason.replace("_", " ").lower()
+    if "certificate required" in text or "handshake failure" in text:
+        # TLS 1.2 servers say "handshake failure" for a missing certificate too
+        return (f"the server refused the TLS session ({text}): it requires a client "
+                "certificate it trusts")
+    if "unknown ca" in text or "bad certificate" in text:
+        return f"the server refused our client certificate ({text})"
+    if "wrong version number" in text or "record layer failure" in text:
+        return f"TLS handshake failed ({text}): is this port a TLS listener?"
+    return f"TLS handshake failed ({text})"
+
+
+def tls_problem(host: str, port: int, ctx: ssl.SSLContext, timeout_s: float) -> str | None:
+    """Why a TLS session with ``host:port`` fails under ``ctx``, or None if it does not.
+
+    None too when the TCP connection itself fails: that is not a TLS problem.
+    """
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError:
+        return None
+    with contextlib.closing(raw):
+        try:
+            with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                tls.settimeout(_ALERT_WAIT_S)
+                try:
+                    if tls.recv(1) == b"":  # closed without an alert after the handshake
+                        return (f"TLS with {host}:{port} failed: the server closed the "
+                                "session right after the handshake: most likely it "
+                                "requires a client certificate it trusts")
+                except TimeoutError:
+                    return None  # waiting for us to speak: accepted
+        except (ssl.SSLError, ConnectionError) as exc:
+            return f"TLS with {host}:{port} failed: {describe(exc)}"
+        except OSError:
+            return None
+    return None
+
+
+def first_tls_problem(
+    servers: Iterable[tuple[str, int]], ctx: ssl.SSLContext, timeout_s: float
+) -> str | None:
+    """The first server's TLS problem, for a list of bootstrap servers."""
+    for host, port in servers:
+        problem = tls_problem(host, port, ctx, timeout_s)
+        if problem is not None:
+            return problem
+    return None
