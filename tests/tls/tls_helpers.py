@@ -177,6 +177,30 @@ def make_pki(folder: Path) -> Pki:
     )
 
 
+@dataclass(frozen=True)
+class MisnamedServer:
+    """A server certificate that names only ``host`` (not 127.0.0.1), under its own CA:
+    a client dialling 127.0.0.1 verifies the chain but fails the host name check."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    host: str
+
+
+def make_misnamed_server(folder: Path, host: str = "broker.plant.example") -> MisnamedServer:
+    """A fresh CA and a server certificate for ``host`` only, written under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = _make_ca("plantprint test CA for another host")
+    server = _make_leaf(ca, host, ExtendedKeyUsageOID.SERVER_AUTH, [x509.DNSName(host)])
+    return MisnamedServer(
+        ca=_write_cert(folder / "misnamed-ca.pem", ca.cert),
+        cert=_write_cert(folder / "misnamed.crt", server.cert),
+        key=_write_key(folder / "misnamed.key", server.key),
+        host=host,
+    )
+
+
 # ------------------------------------------------------------------ the proxy
 
 
