@@ -4,6 +4,8 @@
     python -m ingest migrate [--dsn DSN | --config server.toml]
     python -m ingest refresh [--dsn DSN | --config server.toml]
     python -m ingest bridge --config server.toml      # MQTT → Kafka bridge
+    python -m ingest dlq list|redrive --config server.toml ...    # ingest.ops_dlq_cli
+    python -m ingest ledger reset --config server.toml ...        # ingest.ops_ledger
 
 ``migrate`` and ``refresh`` take the owner's DSN (``--dsn`` or ``PLANTPRINT_DSN``
 or the config's); the consumer and the bridge never need more than
@@ -27,8 +29,15 @@ from ingest.errors import IngestError
 logger = logging.getLogger("ingest")
 
 
+# operator commands with their own sub-commands and options (``python -m ingest dlq -h``)
+OPERATOR_COMMANDS = ("dlq", "ledger")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ingest", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m ingest", description=__doc__.splitlines()[0],
+        epilog="operator commands: python -m ingest dlq list|redrive ..., "
+               "python -m ingest ledger reset ... (each with -h)")
     p.add_argument(
         "command", nargs="?", default="run", choices=("run", "migrate", "refresh", "bridge")
     )
@@ -96,6 +105,9 @@ def _schema_matches(cfg: ServerConfig) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in OPERATOR_COMMANDS:
+        return _operator_command(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -108,6 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _operator_command(command: str, argv: list[str]) -> int:
+    logging.basicConfig(level=os.environ.get("PLANTPRINT_LOG", "WARNING").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if command == "dlq":
+        from ingest.ops_dlq_cli import main as dlq_main
+
+        return dlq_main(argv)
+    from ingest.ops_ledger import main as ledger_main
+
+    return ledger_main(argv)
 
 
 if __name__ == "__main__":
