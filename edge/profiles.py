@@ -125,8 +125,25 @@ class Profile(_Frozen):
         return self.model_copy(update={"points": points})
 
 
+_SECRET_WORDS = ("password", "secret", "token")
+
+
+def _is_secret(key: object) -> bool:
+    return isinstance(key, str) and any(w in key.lower() for w in _SECRET_WORDS)
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with every secret-named key's value replaced, at any depth: error
+    messages end up in logs and support tickets, passwords must not."""
+    if isinstance(value, dict):
+        return {k: "***" if _is_secret(k) else _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(v) for v in value)
+    return value
+
+
 def describe_validation(exc: ValidationError, prefix: str = "") -> str:
-    """'key.path: expectation (got value)' for the first few errors."""
+    """'key.path: expectation (got value)' for the first few errors; secrets masked."""
     parts = []
     for err in exc.errors()[:5]:
         loc = prefix
@@ -135,7 +152,8 @@ def describe_validation(exc: ValidationError, prefix: str = "") -> str:
                 loc += f"[{item}]"
             else:
                 loc += f".{item}" if loc else str(item)
-        got = repr(err.get("input"))[:60]
+        secret = bool(err["loc"]) and _is_secret(err["loc"][-1])
+        got = "***" if secret else repr(_masked(err.get("input")))[:60]
         parts.append(f"{loc or '(root)'}: {err['msg']} (got {got})")
     more = len(exc.errors()) - 5
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -197,3 +197,16 @@ def test_address_offset_workaround_shifts_and_checks(tmp_path: Path):
     text = BASE + pm + "[modbus.workarounds]\naddress_offset = -1\n"
     config = load_config(_write(tmp_path, text))
     assert config.modbus[0].points[0].address == 2998
+
+
+def test_config_errors_never_show_passwords(tmp_path: Path):
+    # a table-level error quotes the table it refused: its secrets must be masked
+    mqtt = ('[outputs.mqtt]\npassword = "hunter2-secret"\nurl = "mqtt://broker:1883"\n'
+            'username = "gw"\nca_file = "ca.pem"\n')
+    (tmp_path / "ca.pem").write_text("not used\n")
+    path = _write(tmp_path, BASE + DEVICE + mqtt)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "outputs.mqtt" in message and "'password': '***'" in message
+    assert "hunter2" not in message
