@@ -295,8 +295,9 @@ def _report_conflicts(conflicts: list[Conflict]) -> None:
             "seq_conflict and did NOT land. The gateway's sequence restarted (spool lost or "
             "gateway re-provisioned under the same id). Operator: give the re-provisioned "
             "gateway a new gateway id (new [gateways.<id>] key), or reset its ledger "
-            "(DELETE its rows from ingested_frame and gateway_seq), then re-drive these DLQ "
-            "records.", gateway, stream, len(seqs), min(seqs), max(seqs))
+            "(python -m ingest ledger reset --gateway %s --export FILE, as the owner), then "
+            "re-drive these DLQ records (python -m ingest dlq redrive --reason seq_conflict "
+            "--gateway %s).", gateway, stream, len(seqs), min(seqs), max(seqs), gateway, gateway)
 
 
 def run_consumer(cfg: ServerConfig) -> None:
