@@ -1,7 +1,7 @@
 """Client TLS of the edge's Kafka and MQTT outputs: contexts, file checks, and why TLS failed.
 
-A sibling of ``ingest/tls.py`` rather than an import of it: the edge imports nothing of
-ours (a gateway installs only the edge extra), so each layer keeps its own copy.
+Shared by the edge's outputs and ingest's Kafka and MQTT clients: ingest may import
+it (it needs only the standard library and pydantic), the edge imports nothing of ingest.
 
 ``client_context`` builds the one ``ssl.SSLContext`` both kafka-python (its
 ``ssl_context`` option) and paho (``tls_set_context``) are given, so the probe
@@ -115,10 +115,12 @@ def describe(exc: BaseException) -> str:
     if not isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed ({reason})"
     text = reason.replace("_", " ").lower()
-    if "certificate required" in text or "handshake failure" in text:
-        # TLS 1.2 servers say "handshake failure" for a missing certificate too
+    if "certificate required" in text:
         return (f"the server refused the TLS session ({text}): it requires a client "
                 "certificate it trusts")
+    if "handshake failure" in text:  # TLS 1.2 servers also say this for a missing certificate
+        return (f"the server refused the TLS session ({text}): it requires a client "
+                "certificate it trusts, or shares no TLS version or cipher with us")
     if "unknown ca" in text or "bad certificate" in text:
         return f"the server refused our client certificate ({text})"
     if "wrong version number" in text or "record layer failure" in text:

@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.tls import tls_problem
 from edge.wire import HEADER_BYTES
 from ingest.bridge_ledger import BridgeLedger, Key
 from ingest.config import ServerConfig
@@ -43,7 +44,6 @@ from ingest.metrics import (
     BRIDGE_SKIPPED,
 )
 from ingest.metrics import serve as serve_metrics
-from ingest.tls import tls_problem
 
 logger = logging.getLogger(__name__)
 STREAMS = ("readings", "batches")

@@ -26,56 +26,17 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from edge.tls import blank_is_none, check_loadable, client_context, existing_file, unused
 from edge.wire import DEFAULT_MAX_BYTES, public_key_from_b64
 from ingest.errors import ConfigError
-from ingest.tls import client_context
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _blank_is_none(value: Any) -> Any:
-    return None if value == "" else value
-
-
-def _existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
-    """A relative path is taken from the config file's folder (validation context ``base``)."""
-    if value is None:
-        return None
-    base = (info.context or {}).get("base")
-    path = value if value.is_absolute() or base is None else Path(base) / value
-    if not path.is_file():
-        raise ValueError(f"expected a PEM file; {path} does not exist or is not a file")
-    return path
-
-
-def _check_loadable(keys: tuple[str, str, str], cafile: Path | None, certfile: Path | None,
-                    keyfile: Path | None, password: str | None, hint: str) -> None:
-    """Load the files the way the clients will, so a bad one fails now, naming its key."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if cafile is not None:
-        try:
-            ctx.load_verify_locations(cafile)
-        except (ssl.SSLError, OSError) as exc:
-            raise ValueError(f"{keys[0]} {cafile}: expected PEM CA certificates: {exc}") from exc
-    if certfile is not None:
-        try:
-            ctx.load_cert_chain(certfile, keyfile, password or "")
-        except (ssl.SSLError, OSError) as exc:
-            raise ValueError(
-                f"{keys[1]} {certfile} / {keys[2]} {keyfile}: cannot load the client "
-                f"certificate and its key ({exc}); {hint}") from exc
-
-
-def _unused(names: list[str], why: str) -> None:
-    if names:
-        raise ValueError(f"{', '.join(names)} set but {why}: remove them, or enable it")
 
 
 class KafkaConfig(_Frozen):
@@ -104,8 +65,8 @@ class KafkaConfig(_Frozen):
 
     _blank = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
                              "sasl_mechanism", "sasl_username", "sasl_password",
-                             mode="before")(_blank_is_none)
-    _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(_existing_file)
+                             mode="before")(blank_is_none)
+    _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(existing_file)
 
     @model_validator(mode="after")
     def _security_consistent(self) -> KafkaConfig:
@@ -116,20 +77,17 @@ class KafkaConfig(_Frozen):
                 "sasl_username and sasl_password"
             )
         if not sasl:
-            _unused([n for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+            unused([n for n in ("sasl_mechanism", "sasl_username", "sasl_password")
                      if getattr(self, n) is not None],
                     f"security_protocol {self.security_protocol} does not use SASL")
         if not self.tls:  # a forgotten protocol would silently connect in clear text
-            _unused([n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+            unused([n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
                      if getattr(self, n) is not None],
                     f"security_protocol {self.security_protocol} does not use TLS")
             return self
-        if self.ssl_keyfile is not None and self.ssl_certfile is None:
-            raise ValueError("ssl_keyfile needs ssl_certfile (the certificate it belongs to)")
-        _check_loadable(("ssl_cafile", "ssl_certfile", "ssl_keyfile"), self.ssl_cafile,
-                        self.ssl_certfile, self.ssl_keyfile,
-                        self.ssl_password.get_secret_value() if self.ssl_password else None,
-                        "a key of another certificate, or a wrong ssl_password?")
+        check_loadable(("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"),
+                       self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
+                       self.ssl_password.get_secret_value() if self.ssl_password else None)
         return self
 
     def topic(self, name: str) -> str:
@@ -229,32 +187,34 @@ class BridgeConfig(_Frozen):
     ca_file: Path | None = None  # None: the system's trust store
     cert_file: Path | None = None  # client certificate, for brokers that require one
     key_file: Path | None = None
+    key_password: SecretStr | None = None  # of an encrypted key_file
     tls_insecure: bool = False  # skip the host name check (the chain is still verified)
     username: str | None = None
     password: SecretStr | None = None
 
-    _blank = field_validator("ca_file", "cert_file", "key_file", "username", "password",
-                             mode="before")(_blank_is_none)
-    _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
+    _blank = field_validator("ca_file", "cert_file", "key_file", "key_password", "username",
+                             "password", mode="before")(blank_is_none)
+    _files = field_validator("ca_file", "cert_file", "key_file")(existing_file)
 
     @model_validator(mode="after")
     def _tls_consistent(self) -> BridgeConfig:
         if self.password is not None and self.username is None:
             raise ValueError("password needs username")
         if not self.tls:  # files without tls = true would silently connect in clear text
-            _unused([n for n in ("ca_file", "cert_file", "key_file") if getattr(self, n)]
-                    + (["tls_insecure"] if self.tls_insecure else []), "tls is false")
+            unused([n for n in ("ca_file", "cert_file", "key_file", "key_password")
+                    if getattr(self, n)] + (["tls_insecure"] if self.tls_insecure else []),
+                   "tls is false")
             return self
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file needs cert_file (the certificate it belongs to)")
-        _check_loadable(("ca_file", "cert_file", "key_file"), self.ca_file, self.cert_file,
-                        self.key_file, None,
-                        "a key of another certificate, or an encrypted key (not supported)?")
+        check_loadable(("ca_file", "cert_file", "key_file", "key_password"), self.ca_file,
+                       self.cert_file, self.key_file, self._key_password())
         return self
 
+    def _key_password(self) -> str | None:
+        return self.key_password.get_secret_value() if self.key_password else None
+
     def ssl_context(self) -> ssl.SSLContext:
-        return client_context(self.ca_file, self.cert_file, self.key_file, None,
-                              not self.tls_insecure)
+        return client_context(self.ca_file, self.cert_file, self.key_file,
+                              self._key_password(), not self.tls_insecure)
 
 
 class MetricsConfig(_Frozen):

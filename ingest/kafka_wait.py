@@ -6,7 +6,7 @@ exponential backoff until the broker answers or it is asked to stop.
 
 Over TLS, kafka-python reports a refused handshake (wrong CA, certificate
 required, host name) only as "Unable to bootstrap"; after such a failure the
-handshake is repeated with the clients' own context (``ingest.tls``) and the
+handshake is repeated with the clients' own context (``edge.tls``) and the
 line says what TLS refused, and which ``[kafka]`` key to look at.
 """
 
@@ -19,9 +19,9 @@ from contextlib import contextmanager
 
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+from edge.tls import first_tls_problem
 from ingest import metrics
 from ingest.config import KafkaConfig
-from ingest.tls import first_tls_problem
 
 logger = logging.getLogger(__name__)
 

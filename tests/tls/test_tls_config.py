@@ -34,9 +34,11 @@ def test_relative_files_are_taken_from_the_config_folder_and_loaded(
         "ssl_certfile": "pki/client.crt", "ssl_keyfile": "pki/client-enc.key",
         "ssl_password": KEY_PASSWORD,
     }, bridge={"tls": True, "ca_file": "pki/ca.pem", "cert_file": "pki/client.crt",
-               "key_file": "pki/client.key", "username": "bridge", "password": "pw"})
+               "key_file": "pki/client-enc.key", "key_password": KEY_PASSWORD,
+               "username": "bridge", "password": "pw"})
     assert cfg.kafka.ssl_cafile == pki.ca
-    assert cfg.bridge.key_file == pki.client_key
+    assert cfg.bridge.key_file == pki.client_key_encrypted
+    assert isinstance(cfg.bridge.ssl_context(), ssl.SSLContext)  # the encrypted key opens
     client = cfg.kafka.client_config()
     assert client["security_protocol"] == "SSL"
     ctx = client["ssl_context"]
@@ -68,7 +70,11 @@ def test_a_wrong_key_password_or_a_foreign_key_fails_at_load(pki: Pki, tmp_path:
     message = _refused(tmp_path, kafka={
         "security_protocol": "SSL", "ssl_certfile": "pki/client.crt",
         "ssl_keyfile": "pki/client-enc.key", "ssl_password": "not-the-password"})
-    assert "ssl_certfile" in message and "cannot load the client certificate" in message
+    assert "ssl_certfile" in message and "a wrong or missing ssl_password?" in message
+    message = _refused(tmp_path, bridge={
+        "tls": True, "cert_file": "pki/client.crt", "key_file": "pki/client-enc.key",
+        "key_password": "not-the-password"})
+    assert "cert_file" in message and "a wrong or missing key_password?" in message
     message = _refused(tmp_path, bridge={"tls": True, "cert_file": "pki/client.crt",
                                          "key_file": "pki/server.key"})
     assert "cert_file" in message and "KEY_VALUES_MISMATCH" in message
