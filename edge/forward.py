@@ -172,6 +172,15 @@ class Forwarder:
                 )
                 ok = False
                 continue
+            except Exception:  # a publisher bug must not stop forwarding for good
+                metrics.PUBLISH_ERRORS.labels(output=publisher.name, kind="unexpected").inc()
+                logger.exception(
+                    "gateway %s: output %s raised an unexpected error (a bug: please report "
+                    "it); frames kept in spool (depth %s), retrying",
+                    self.spool.gateway, publisher.name, self.spool.depth,
+                )
+                ok = False
+                continue
             self._sent_upto[publisher.name] = pending[-1].id
         return ok
 

@@ -20,6 +20,7 @@ the same context and the ``PublishError`` says what TLS refused and which
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -267,10 +268,30 @@ class KafkaPublisher:
     async def _discard_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            # force-close: pending batches fail now instead of being delivered later
-            await asyncio.to_thread(producer.close, 0)
+            await asyncio.to_thread(_force_close, producer)
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             await asyncio.to_thread(producer.close, self.config.delivery_timeout_s)
+
+
+def _force_close(producer: KafkaProducer) -> None:
+    """Close now: batches still in flight fail instead of being delivered later.
+
+    kafka-python's ``close(0)`` flushes first, and that flush raises
+    ``KafkaTimeoutError`` while batches are still in flight, before the sender
+    thread is force-closed: the thread would live on and the error would escape
+    the publish that is giving up. So on that error the sender is force-closed
+    here (it aborts the batches in flight) and the close is finished once it ended.
+    """
+    try:
+        producer.close(0)
+        return
+    except KafkaError as exc:
+        logger.debug("producer close(0) refused (%r): force-closing its sender", exc)
+    sender = producer._sender  # no public way to force-close with batches in flight
+    sender.force_close()
+    sender.join(10.0)
+    with contextlib.suppress(KafkaError):
+        producer.close(0)  # batches aborted: the flush passes, the rest is released

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,9 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 class Recorder:
     """A test output that records what it was sent and fails the first ``fail`` calls."""
 
-    def __init__(self, name: str, fail: int = 0) -> None:
+    def __init__(self, name: str, fail: int = 0, crash: int = 0) -> None:
         self.name = name
         self.fail = fail
+        self.crash = crash  # then raise this many unexpected (non-PublishError) errors
         self.calls = 0
         self.sent: list[tuple[str, int]] = []
 
@@ -36,6 +38,8 @@ class Recorder:
         self.calls += 1
         if self.calls <= self.fail:
             raise PublishError(f"{self.name}: down")
+        if self.calls <= self.fail + self.crash:
+            raise RuntimeError(f"{self.name}: a bug in the output")
         self.sent.extend((m.stream, m.seq) for m in msgs)
 
     async def close(self) -> None:
@@ -67,6 +71,32 @@ async def test_ack_only_after_every_output_and_no_resend_to_the_one_that_took_it
     assert good.sent == expected  # not re-sent while mqtt was retried
     assert flaky.sent == expected
     assert forwarder.failures == 3
+
+
+async def test_an_unexpected_output_error_is_logged_and_retried_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a publisher bug (any exception but PublishError) once killed the run loop: the
+    # agent then kept polling and spooling but never forwarded again
+    buggy = Recorder("kafka", crash=2)
+    cfg = ForwardConfig(backoff_initial_s=0.001, backoff_max_s=0.01, idle_poll_s=0.01)
+    with Spool(SpoolConfig(path=tmp_path / "s.db"), "gw1") as spool:
+        for _ in range(3):
+            spool.append("readings", lambda n: b"r%d" % n)
+        forwarder = Forwarder(spool, [buggy], cfg)
+        runner = asyncio.create_task(forwarder.run())
+        try:
+            async with asyncio.timeout(10):
+                await forwarder.drained()
+            assert not runner.done()
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        assert spool.depth == 0
+    assert buggy.sent == [("readings", i) for i in range(3)]
+    assert forwarder.failures == 2
+    assert "output kafka raised an unexpected error" in caplog.text
 
 
 @pytest.mark.timeout(120)

@@ -100,6 +100,26 @@ async def test_publish_raises_publish_error_when_broker_is_down(broker_factory, 
     assert errors == 2
 
 
+async def test_giving_up_with_batches_in_flight_closes_the_producer(broker_factory) -> None:
+    # kafka-python's close(0) raises while batches are in flight, before it stops its
+    # sender thread: giving up on a publish then escaped as KafkaTimeoutError (the
+    # forwarder's run loop died; the agent stopped forwarding) and leaked the thread
+    broker = broker_factory()
+    publisher = KafkaPublisher(KafkaOutput(bootstrap_servers=[broker.bootstrap],
+                                           delivery_timeout_s=30.0), SITE)
+    producer = await publisher._ensure_producer()
+    # metadata now, while the broker is up: later sends then queue instead of blocking
+    await asyncio.to_thread(lambda: producer.send("readings", value=b"first").get(30))
+    await asyncio.to_thread(broker.stop)
+    for i in range(5):  # in flight: the broker is gone and the delivery timeout is long
+        producer.send("readings", value=b"frame-%d" % i, key=SITE.encode())
+    sender = producer._sender
+    assert sender.is_alive()
+    async with asyncio.timeout(15):
+        await publisher._discard_producer()  # raises nothing
+    assert not sender.is_alive()
+
+
 @pytest.mark.timeout(120)
 async def test_broker_outage_loses_nothing_and_keeps_order(broker_factory, tmp_path) -> None:
     """60 poll cycles (1 s each, run 25x faster) spooled while the broker is down."""
