@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.tls import tls_problem
@@ -139,8 +140,15 @@ class Bridge:
             self._client.disconnect()
             self._client.loop_stop()
         if self._producer is not None:
-            self._producer.flush(timeout=10)
-            self._producer.close(timeout=5)
+            # Kafka gone at shutdown: kafka-python's flush and close raise on records
+            # still in flight. Nothing is lost: MQTT acked only what Kafka acknowledged,
+            # and the ledger (closed below regardless) marks the rest pending
+            try:
+                self._producer.flush(timeout=10)
+                self._producer.close(timeout=5)
+            except KafkaError as exc:
+                logger.warning("stopping with records Kafka did not acknowledge (%s); their "
+                               "MQTT messages were not acked and will be redelivered", exc)
         if self.ledger is not None:
             self.ledger.close()
 
