@@ -25,14 +25,13 @@ import logging
 import ssl
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from kafka import KafkaProducer
 from kafka.cluster import collect_hosts
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from edge import metrics, tls
 from edge.forward import AckTally, PublishError
@@ -51,8 +50,8 @@ _UNREACHABLE = (KafkaTimeoutError, KafkaConnectionError, TimeoutError)
 _TLS_KEYS = "[outputs.kafka] ssl_cafile, ssl_certfile, ssl_keyfile, ssl_check_hostname"
 
 
-class KafkaOutput(BaseModel):
-    """``[outputs.kafka]``: where and how frames are produced."""
+class KafkaOutput(tls.KafkaSecurity):
+    """``[outputs.kafka]``: where and how frames are produced (security keys: the base)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -67,21 +66,6 @@ class KafkaOutput(BaseModel):
     max_request_bytes: int = Field(default=1024 * 1024, gt=0)
     delivery_timeout_s: float = Field(default=30.0, ge=0.5)
     client_id: str | None = None
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    # PEM files, relative to the site config's folder; "" or absent: not set
-    ssl_cafile: Path | None = None  # None: the system's trust store
-    ssl_certfile: Path | None = None  # client certificate, for brokers that require one
-    ssl_keyfile: Path | None = None  # its key (or both in ssl_certfile)
-    ssl_password: SecretStr | None = None  # of an encrypted ssl_keyfile
-    ssl_check_hostname: bool = True  # False: the chain is still verified, not the name
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-
-    _blank = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
-                             "sasl_mechanism", "sasl_username", "sasl_password",
-                             mode="before")(tls.blank_is_none)
-    _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(tls.existing_file)
 
     @field_validator("compression")
     @classmethod
@@ -89,40 +73,6 @@ class KafkaOutput(BaseModel):
         if not _CODECS[value]():
             raise ValueError(f"compression {value!r} needs its codec library, not installed here")
         return value
-
-    @model_validator(mode="after")
-    def _security_consistent(self) -> KafkaOutput:
-        protocol = self.security_protocol
-        if protocol.startswith("SASL"):
-            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
-                raise ValueError(f"security_protocol {protocol} needs sasl_mechanism, "
-                                 "sasl_username and sasl_password")
-        else:
-            tls.unused([n for n in ("sasl_mechanism", "sasl_username", "sasl_password")
-                        if getattr(self, n) is not None],
-                       f"security_protocol {protocol} does not use SASL")
-        if not self.tls:  # a forgotten security_protocol would silently send in clear text
-            tls.unused([n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
-                        if getattr(self, n) is not None]
-                       + ([] if self.ssl_check_hostname else ["ssl_check_hostname"]),
-                       f"security_protocol {protocol} does not use TLS")
-            return self
-        tls.check_loadable(("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"),
-                           self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
-                           self._key_password())
-        return self
-
-    @property
-    def tls(self) -> bool:
-        return self.security_protocol in ("SSL", "SASL_SSL")
-
-    def _key_password(self) -> str | None:
-        return self.ssl_password.get_secret_value() if self.ssl_password else None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A new context each time: files renewed on disk are read again."""
-        return tls.client_context(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
-                                  self._key_password(), self.ssl_check_hostname)
 
     def bootstrap_addresses(self) -> list[tuple[str, int]]:
         return [(host, port) for host, port, _family in collect_hosts(self.bootstrap_servers,
@@ -147,20 +97,12 @@ class KafkaOutput(BaseModel):
             "max_block_ms": min(timeout_ms, 10_000),
             "bootstrap_timeout_ms": min(timeout_ms, 10_000),
             "reconnect_backoff_max_ms": 2_000,
-            "security_protocol": self.security_protocol,
+            **self.security_kwargs(),
         }
         if not self.idempotent:  # keep order without the idempotent producer's sequencing
             cfg["max_in_flight_requests_per_connection"] = 1
         if self.client_id:
             cfg["client_id"] = self.client_id
-        if self.tls:  # the context the TLS probe uses too (key password revealed only to it)
-            cfg["ssl_context"] = self.ssl_context()
-        if self.sasl_mechanism is not None:
-            cfg["sasl_mechanism"] = self.sasl_mechanism
-            cfg["sasl_plain_username"] = self.sasl_username
-            cfg["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None
-            )
         return cfg
 
 

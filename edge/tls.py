@@ -13,7 +13,8 @@ operator can act on, or None when TLS is fine and the failure lies elsewhere.
 ``existing_file`` and ``check_loadable`` make the output configs load their
 files when the site config is loaded, so a wrong path, a key of another
 certificate or a wrong password fails then, naming its key, not at the first
-connection.
+connection. ``KafkaSecurity`` is the security part of a Kafka client config,
+the same keys and checks for the edge's ``[outputs.kafka]`` and ingest's ``[kafka]``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import socket
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 
-from pydantic import ValidationInfo
+from pydantic import BaseModel, SecretStr, ValidationInfo, field_validator, model_validator
 
 # after a completed TLS 1.3 handshake the server may still refuse our certificate:
 # its alert comes with the first read. Kafka and MQTT servers wait for the client
@@ -164,3 +165,75 @@ def first_tls_problem(
         if problem is not None:
             return problem
     return None
+
+
+class KafkaSecurity(BaseModel):
+    """The security keys of a Kafka client config, checked when the config loads.
+
+    Base of the edge's ``[outputs.kafka]`` and ingest's ``[kafka]``: the same names,
+    meaning and checks in both layers. TLS files given without a TLS protocol, or
+    SASL keys without SASL, are refused: a forgotten ``security_protocol`` would
+    otherwise connect silently in clear text.
+    """
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # PEM files, relative to the config file's folder; "" or absent: not set
+    ssl_cafile: Path | None = None  # None: the system's trust store
+    ssl_certfile: Path | None = None  # client certificate, for brokers that require one
+    ssl_keyfile: Path | None = None  # its key (or both in ssl_certfile)
+    ssl_password: SecretStr | None = None  # of an encrypted ssl_keyfile
+    ssl_check_hostname: bool = True  # False: the chain is still verified, not the name
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+    _blank = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
+                             "sasl_mechanism", "sasl_username", "sasl_password",
+                             mode="before")(blank_is_none)
+    _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(existing_file)
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> Self:
+        protocol = self.security_protocol
+        if protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError(f"security_protocol {protocol} needs sasl_mechanism, "
+                                 "sasl_username and sasl_password")
+        else:
+            unused([n for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+                    if getattr(self, n) is not None],
+                   f"security_protocol {protocol} does not use SASL")
+        if not self.tls:
+            unused([n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
+                    if getattr(self, n) is not None]
+                   + ([] if self.ssl_check_hostname else ["ssl_check_hostname"]),
+                   f"security_protocol {protocol} does not use TLS")
+            return self
+        check_loadable(("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"),
+                       self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self._key_password())
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def _key_password(self) -> str | None:
+        return self.ssl_password.get_secret_value() if self.ssl_password else None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new context each time: files renewed on disk are read again."""
+        return client_context(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
+                              self._key_password(), self.ssl_check_hostname)
+
+    def security_kwargs(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for security (secrets revealed only here)."""
+        cfg: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.tls:  # the context the TLS probe uses too (key password revealed only to it)
+            cfg["ssl_context"] = self.ssl_context()
+        if self.sasl_mechanism is not None:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return cfg

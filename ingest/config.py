@@ -30,7 +30,14 @@ from pydantic import (
     model_validator,
 )
 
-from edge.tls import blank_is_none, check_loadable, client_context, existing_file, unused
+from edge.tls import (
+    KafkaSecurity,
+    blank_is_none,
+    check_loadable,
+    client_context,
+    existing_file,
+    unused,
+)
 from edge.wire import DEFAULT_MAX_BYTES, public_key_from_b64
 from ingest.errors import ConfigError
 
@@ -39,7 +46,10 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class KafkaConfig(_Frozen):
+class KafkaConfig(_Frozen, KafkaSecurity):
+    """``[kafka]``: the brokers, topics and group; the security keys (the base) are the
+    edge's ``[outputs.kafka]`` ones, and every ingest client uses them."""
+
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = ""
     group: str = "plantprint-ingest"
@@ -52,59 +62,12 @@ class KafkaConfig(_Frozen):
     # a broker not there at startup: each attempt waits this long, then capped backoff
     connect_timeout_s: float = Field(default=5.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
-    # the same names and meaning as the edge's [outputs.kafka]; every ingest client uses them
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    ssl_cafile: Path | None = None  # None: the system's trust store
-    ssl_certfile: Path | None = None  # client certificate, for brokers that require one
-    ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None  # of ssl_keyfile
-    ssl_check_hostname: bool = True
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-
-    _blank = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
-                             "sasl_mechanism", "sasl_username", "sasl_password",
-                             mode="before")(blank_is_none)
-    _files = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")(existing_file)
-
-    @model_validator(mode="after")
-    def _security_consistent(self) -> KafkaConfig:
-        sasl = self.security_protocol.startswith("SASL")
-        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
-            raise ValueError(
-                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
-                "sasl_username and sasl_password"
-            )
-        if not sasl:
-            unused([n for n in ("sasl_mechanism", "sasl_username", "sasl_password")
-                     if getattr(self, n) is not None],
-                    f"security_protocol {self.security_protocol} does not use SASL")
-        if not self.tls:  # a forgotten protocol would silently connect in clear text
-            unused([n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password")
-                     if getattr(self, n) is not None],
-                    f"security_protocol {self.security_protocol} does not use TLS")
-            return self
-        check_loadable(("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"),
-                       self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile,
-                       self.ssl_password.get_secret_value() if self.ssl_password else None)
-        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
-    @property
-    def tls(self) -> bool:
-        return self.security_protocol in ("SSL", "SASL_SSL")
-
     def bootstrap_addresses(self) -> list[tuple[str, int]]:
         return [(host, port) for host, port, _family in collect_hosts(self.bootstrap, False)]
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A new context each time: client files renewed on disk are read again."""
-        password = self.ssl_password.get_secret_value() if self.ssl_password else None
-        return client_context(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, password,
-                              self.ssl_check_hostname)
 
     def client_config(self) -> dict[str, Any]:
         """kafka-python keyword arguments of every ingest client: servers and security.
@@ -112,19 +75,7 @@ class KafkaConfig(_Frozen):
         The consumer, the DLQ producer, the bridge's producer and its read-back
         consumer all start from these (secrets are revealed only here).
         """
-        cfg: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": self.security_protocol,
-        }
-        if self.tls:
-            cfg["ssl_context"] = self.ssl_context()
-        if self.sasl_mechanism is not None:
-            cfg["sasl_mechanism"] = self.sasl_mechanism
-            cfg["sasl_plain_username"] = self.sasl_username
-            cfg["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None
-            )
-        return cfg
+        return {"bootstrap_servers": self.bootstrap, **self.security_kwargs()}
 
 
 class DatabaseConfig(_Frozen):

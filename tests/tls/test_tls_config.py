@@ -87,6 +87,9 @@ def test_tls_settings_without_tls_would_connect_in_clear_text_and_are_refused(
 ) -> None:
     message = _refused(tmp_path, kafka={"ssl_cafile": "pki/ca.pem"})
     assert "ssl_cafile set but security_protocol PLAINTEXT does not use TLS" in message
+    # the same checks as the edge's [outputs.kafka] (one model, edge.tls.KafkaSecurity)
+    message = _refused(tmp_path, kafka={"ssl_check_hostname": False})
+    assert "ssl_check_hostname set but security_protocol PLAINTEXT does not use TLS" in message
     message = _refused(tmp_path, bridge={"ca_file": "pki/ca.pem", "tls_insecure": True})
     assert "ca_file, tls_insecure set but tls is false" in message
     message = _refused(tmp_path, kafka={"security_protocol": "SASL_SSL",
