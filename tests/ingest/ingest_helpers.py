@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,10 +122,16 @@ def send_all(
         f.get(timeout=30)
 
 
-def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0) -> list[Any]:
-    """All records of a topic from the start, once at least ``expect`` arrived (or timeout)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             fetch_max_bytes=64 * 1024 * 1024,
+def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0,
+               client: dict[str, Any] | None = None) -> list[Any]:
+    """All records of a topic from the start, once at least ``expect`` arrived (or timeout).
+
+    ``client``: kafka-python servers and security (e.g. ``KafkaConfig.client_config()``)
+    in place of plain ``bootstrap``. Partitions are assigned by hand (tansu's group
+    joins are slow) and the broker's end offsets are not trusted.
+    """
+    consumer = KafkaConsumer(**(client or {"bootstrap_servers": bootstrap}),
+                             enable_auto_commit=False, fetch_max_bytes=64 * 1024 * 1024,
                              max_partition_fetch_bytes=64 * 1024 * 1024)
     try:
         deadline = time.monotonic() + timeout_s
@@ -143,6 +152,56 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0)
         return out
     finally:
         consumer.close()
+
+
+def scalar(dsn: str, sql: str) -> int:
+    """The first column of the first row of ``sql`` as an int (0 when there is no row)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+@contextmanager
+def frame_stream(producer: KafkaProducer, topic: str, g: Gateway) -> Iterator[dict[str, int]]:
+    """Send ``g``'s frames in a thread (5 every 50 ms) while the body runs.
+
+    Yields ``{"frames": n}``, the number sent and acknowledged so far; once the
+    block is left the thread has stopped and the number is final.
+    """
+    stop = threading.Event()
+    sent = {"frames": 0}
+
+    def stream() -> None:
+        while not stop.is_set():
+            send_all(producer, topic, [g.frame_bytes() for _ in range(5)])
+            sent["frames"] += 5
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=stream, name="frame-stream")
+    sender.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        sender.join()
+
+
+def run_cli(main: Callable[..., int], *argv: object) -> tuple[int, str, str]:
+    """An operator command's ``main(argv, out, err)`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main([str(a) for a in argv], out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def stored_offsets(dsn: str) -> int:
+    """Messages ingest is done with (landed, skipped or dead-lettered): stored offsets."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM consumer_offset").fetchone()
+    return int(row[0]) if row else 0
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, every: float = 0.2) -> Any:

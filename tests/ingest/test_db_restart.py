@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,18 +19,12 @@ from urllib.parse import urlparse
 
 import psycopg
 import pytest
-from ingest_helpers import Gateway, send_all, wait_for
+from ingest_helpers import Gateway, frame_stream, scalar, wait_for
 
 from deploy import embedded_pg
 from ingest.migrate import migrate
 
 pytestmark = pytest.mark.services
-
-
-def count(dsn: str, sql: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(sql).fetchone()
-    return int(row[0]) if row else 0
 
 
 @pytest.fixture
@@ -61,20 +54,9 @@ def test_database_crash_and_restart_mid_stream_loses_and_doubles_nothing(
     g = Gateway("gw1", meters=10)
     proc = ingest_process("--config", str(make_config(writer, [g])))
     proc.start()
-    stop = threading.Event()
-    sent = {"frames": 0}
-
-    def stream() -> None:
-        while not stop.is_set():
-            send_all(producer, f"{topic_prefix}readings", [g.frame_bytes() for _ in range(5)])
-            sent["frames"] += 5
-            time.sleep(0.05)
-
-    sender = threading.Thread(target=stream, name="frame-stream")
-    sender.start()
-    try:
-        wait_for(lambda: count(admin, "SELECT count(*) FROM ingested_frame") > 0, 30, "landing")
-        landed_before = count(admin, "SELECT count(*) FROM ingested_frame")
+    with frame_stream(producer, f"{topic_prefix}readings", g) as sent:
+        wait_for(lambda: scalar(admin, "SELECT count(*) FROM ingested_frame") > 0, 30, "landing")
+        landed_before = scalar(admin, "SELECT count(*) FROM ingested_frame")
         embedded_pg.stop(own_server, mode="immediate")
         time.sleep(3.0)  # down long enough for several failed reconnects
         again = embedded_pg.start(own_server, port)
@@ -82,16 +64,13 @@ def test_database_crash_and_restart_mid_stream_loses_and_doubles_nothing(
         server_log = (own_server / "postgres.log").read_text(errors="replace")
         assert "automatic recovery in progress" in server_log, "the restart replayed no WAL"
         time.sleep(1.0)
-    finally:
-        stop.set()
-        sender.join()
     expected = sent["frames"]
     assert expected > landed_before, "no frame was sent while the database was down"
-    wait_for(lambda: count(admin, "SELECT count(*) FROM ingested_frame") == expected, 60,
+    wait_for(lambda: scalar(admin, "SELECT count(*) FROM ingested_frame") == expected, 60,
              f"all {expected} frames after the restart")
-    assert count(admin, "SELECT count(*) FROM reading") == expected * 10
-    assert count(admin, "SELECT count(DISTINCT (gateway, seq)) FROM reading") == expected
-    assert count(admin, "SELECT missing_count FROM gateway_seq") == 0
-    assert count(admin, "SELECT sum(next_offset) FROM consumer_offset") == expected
+    assert scalar(admin, "SELECT count(*) FROM reading") == expected * 10
+    assert scalar(admin, "SELECT count(DISTINCT (gateway, seq)) FROM reading") == expected
+    assert scalar(admin, "SELECT missing_count FROM gateway_seq") == 0
+    assert scalar(admin, "SELECT sum(next_offset) FROM consumer_offset") == expected
     assert proc.alive()
     assert "database unavailable" in proc.log.read_text()

@@ -5,17 +5,15 @@ and errors name what is wrong (unknown reason, missing offsets, Kafka not reacha
 from __future__ import annotations
 
 import hashlib
-import io
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from functools import partial
 
 import orjson
-import psycopg
 import pytest
-from ingest_helpers import Gateway, read_topic, send_all, wait_for
+from ingest_helpers import Gateway, read_topic, run_cli, send_all, stored_offsets, wait_for
 
 from edge.wire import MAGIC
 from ingest.migrate import migrate
@@ -26,16 +24,7 @@ pytestmark = pytest.mark.services
 IDLE = "0.5"  # s without a DLQ record before a read-back ends (2 s by default)
 
 
-def run(*argv: object, main: Callable[..., int] = dlq_main) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def consumed(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM consumer_offset").fetchone()
-    return int(row[0]) if row else 0
+run = partial(run_cli, dlq_main)
 
 
 def test_bad_signature_is_listed_dry_run_produces_nothing_truncated_is_refused(
@@ -53,7 +42,7 @@ def test_bad_signature_is_listed_dry_run_produces_nothing_truncated_is_refused(
     topic = f"{topic_prefix}readings"
     sent = [g.frame_bytes(seq=0), forged, huge, g.frame_bytes(seq=2)]
     send_all(producer, topic, sent)
-    wait_for(lambda: consumed(dsn) >= len(sent), 30, "ingest consumed the four messages")
+    wait_for(lambda: stored_offsets(dsn) >= len(sent), 30, "ingest consumed the four messages")
 
     code, out, err = run("list", "--config", cfg, "--idle-s", IDLE)
     assert code == 0, err

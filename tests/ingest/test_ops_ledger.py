@@ -5,15 +5,22 @@ can read) and its dead-lettered frames are re-driven, landing once and only once
 from __future__ import annotations
 
 import hashlib
-import io
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import psycopg
 import pytest
-from ingest_helpers import T0_NS, Gateway, read_topic, send_all, wait_for
+from ingest_helpers import (
+    T0_NS,
+    Gateway,
+    read_topic,
+    run_cli,
+    send_all,
+    stored_offsets,
+    wait_for,
+)
 
 from edge.wire import Frame, decode
 from ingest.migrate import migrate
@@ -24,19 +31,6 @@ from ingest.store import Accepted, Store, body_digest
 pytestmark = pytest.mark.services
 DAY_NS = 86_400 * 10**9
 IDLE = "0.5"  # s without a DLQ record before a read-back ends (2 s by default)
-
-
-def run(main: Callable[..., int], *argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], out, err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def consumed(dsn: str) -> int:
-    """Messages ingest is done with (landed, skipped or dead-lettered): stored offsets."""
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM consumer_offset").fetchone()
-    return int(row[0]) if row else 0
 
 
 def query(dsn: str, sql: str, *params: object) -> list[tuple[object, ...]]:
@@ -73,12 +67,12 @@ def test_reset_then_redrive_lands_the_conflicting_frames_once(
     ingest_process("--config", str(cfg)).start()
     topic = f"{topic_prefix}readings"
     send_all(producer, topic, sent)
-    wait_for(lambda: consumed(dsn) >= 10, 30, "the original frames landed")
+    wait_for(lambda: stored_offsets(dsn) >= 10, 30, "the original frames landed")
     send_all(producer, topic, conflicting)
-    wait_for(lambda: consumed(dsn) >= 15, 30, "the conflicting frames dead-lettered")
+    wait_for(lambda: stored_offsets(dsn) >= 15, 30, "the conflicting frames dead-lettered")
     assert query(dsn, READINGS) == readings_of(sent, original)
 
-    code, out, err = run(dlq_main, "list", "--config", cfg, "--reason", "seq_conflict",
+    code, out, err = run_cli(dlq_main, "list", "--config", cfg, "--reason", "seq_conflict",
                          "--json", "--idle-s", IDLE)
     assert code == 0, err
     listed = [orjson.loads(line) for line in out.splitlines()]
@@ -89,7 +83,7 @@ def test_reset_then_redrive_lands_the_conflicting_frames_once(
     assert f"5 dead letter(s) in {topic_prefix}dlq: seq_conflict 5" in err
 
     export = tmp_path / "ledger-export.jsonl"
-    code, out, err = run(ledger_main, "reset", "--config", cfg, "--dsn", dsn, "--gateway", name,
+    code, out, err = run_cli(ledger_main, "reset", "--config", cfg, "--dsn", dsn, "--gateway", name,
                          "--export", export)
     assert code == 0, err
     assert "reading and batch_event rows already landed are kept" in out
@@ -107,11 +101,11 @@ def test_reset_then_redrive_lands_the_conflicting_frames_once(
     assert query(dsn, "SELECT count(*) FROM gateway_seq") == [(0,)]
     assert query(dsn, READINGS) == readings_of(sent, original), "readings are kept"
 
-    code, out, err = run(dlq_main, "redrive", "--config", cfg, "--reason", "seq_conflict",
+    code, out, err = run_cli(dlq_main, "redrive", "--config", cfg, "--reason", "seq_conflict",
                          "--idle-s", IDLE)
     assert code == 0, err
     assert "re-drove 5 record(s)" in out
-    wait_for(lambda: consumed(dsn) >= 20, 30, "the re-driven frames consumed")
+    wait_for(lambda: stored_offsets(dsn) >= 20, 30, "the re-driven frames consumed")
     landed = query(dsn, READINGS)
     assert landed == sorted(readings_of(sent, original) + readings_of(conflicting, again),
                             key=lambda r: (r[1], r[0]))
@@ -122,16 +116,16 @@ def test_reset_then_redrive_lands_the_conflicting_frames_once(
     assert [dict(r.headers)["pp.redriven_from"].decode() for r in redriven] == [
         f"{topic_prefix}dlq/{d['dlq_partition']}@{d['dlq_offset']}" for d in listed]
 
-    code, out, err = run(dlq_main, "redrive", "--config", cfg, "--reason", "seq_conflict",
+    code, out, err = run_cli(dlq_main, "redrive", "--config", cfg, "--reason", "seq_conflict",
                          "--idle-s", IDLE)  # again: harmless
     assert code == 0, err
-    wait_for(lambda: consumed(dsn) >= 25, 30, "the second re-drive consumed")
+    wait_for(lambda: stored_offsets(dsn) >= 25, 30, "the second re-drive consumed")
     assert query(dsn, READINGS) == landed
     assert query(dsn, "SELECT seq, body_sha256, kafka_offset FROM ingested_frame "
                       "ORDER BY seq") == ledger
     assert query(dsn, "SELECT highest_seq, frames, missing_count FROM gateway_seq") \
         == [(4, 5, 0)]
-    code, out, err = run(dlq_main, "list", "--config", cfg, "--json", "--idle-s", IDLE)
+    code, out, err = run_cli(dlq_main, "list", "--config", cfg, "--json", "--idle-s", IDLE)
     assert len(out.splitlines()) == 5, "nothing new was dead-lettered"
 
 
@@ -155,25 +149,25 @@ def test_reset_refuses_without_export_over_a_file_as_the_writer_and_for_unknown_
     before = query(dsn, "SELECT stream, seq FROM ingested_frame ORDER BY 1, 2")
     export = tmp_path / "x.jsonl"
 
-    code, _, err = run(ledger_main, "reset", "--dsn", dsn, "--gateway", "gw-keep")
+    code, _, err = run_cli(ledger_main, "reset", "--dsn", dsn, "--gateway", "gw-keep")
     assert code == 2 and "without --export" in err and "auditor" in err
     export.write_text("an earlier export\n")
-    code, _, err = run(ledger_main, "reset", "--dsn", dsn, "--gateway", "gw-keep",
+    code, _, err = run_cli(ledger_main, "reset", "--dsn", dsn, "--gateway", "gw-keep",
                        "--export", export)
     assert code == 2 and "exists: refusing to overwrite" in err
     assert export.read_text() == "an earlier export\n"
     export.unlink()
-    code, _, err = run(ledger_main, "reset", "--dsn", writer_login(dsn), "--gateway", "gw-keep",
+    code, _, err = run_cli(ledger_main, "reset", "--dsn", writer_login(dsn), "--gateway", "gw-keep",
                        "--export", export)
     assert code == 2 and "may not DELETE" in err and "database owner" in err
-    code, _, err = run(ledger_main, "reset", "--dsn", dsn, "--gateway", "gw-nope",
+    code, _, err = run_cli(ledger_main, "reset", "--dsn", dsn, "--gateway", "gw-nope",
                        "--export", export)
     assert code == 2 and "no such gateway in the ledger: gateway 'gw-nope'" in err
     assert "gateways in the ledger: gw-keep" in err
     assert not export.exists()
     assert query(dsn, "SELECT stream, seq FROM ingested_frame ORDER BY 1, 2") == before
 
-    code, out, err = run(ledger_main, "reset", "--dsn", dsn, "--gateway", "gw-keep",
+    code, out, err = run_cli(ledger_main, "reset", "--dsn", dsn, "--gateway", "gw-keep",
                          "--stream", "batches", "--export", export)
     assert code == 0, err
     assert "ledger of gateway gw-keep (batches) reset" in out

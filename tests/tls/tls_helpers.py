@@ -21,7 +21,6 @@ import datetime as dt
 import ipaddress
 import ssl
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +31,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from kafka import KafkaConsumer, TopicPartition
 
 from deploy.procs import free_port
 from deploy.tansu import TansuBroker
 from edge import wire
 from edge.spool import Spool
+from tests.ingest.ingest_helpers import read_topic
 
 KEY_PASSWORD = "client-key-passphrase"
 T0_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
@@ -370,29 +369,6 @@ def tls_kafka(name: str, pki: Pki, require_client_cert: bool) -> Iterator[TlsKaf
 
 def read_records(client_config: dict[str, Any], topic: str, expect: int,
                  timeout_s: float = 20.0) -> list[Any]:
-    """Every record of ``topic`` from its start, once ``expect`` arrived (or at the timeout).
-
-    ``client_config``: kafka-python security and servers, e.g. ingest's
-    ``KafkaConfig.client_config()``. Partitions assigned by hand (tansu's
-    group joins are slow); the broker's end offsets are not trusted.
-    """
-    consumer = KafkaConsumer(**client_config, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout_s
-        parts = None
-        while not parts and time.monotonic() < deadline:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                time.sleep(0.1)
-        if not parts:
-            return []
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        while len(out) < expect and time.monotonic() < deadline:
-            for recs in consumer.poll(timeout_ms=200).values():
-                out.extend(recs)
-        return out
-    finally:
-        consumer.close()
+    """Every record of ``topic`` from its start, once ``expect`` arrived (or at the timeout),
+    read with ``client_config`` (servers and security, e.g. ``KafkaConfig.client_config()``)."""
+    return read_topic("", topic, expect, timeout_s, client=client_config)
