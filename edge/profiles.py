@@ -22,24 +22,19 @@ order defaults sit at the top of the file; a point may override them::
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edge.registers import REGISTER_COUNT, DataType, WordOrder, bit_width, is_float
 from edge.requests import MAX_REGISTERS, Table
+from edge.settings import ConfigError, describe_validation, read_toml
+from edge.settings import Frozen as _Frozen
 
 PointKind = Literal["gauge", "counter", "clock", "status"]
 
 
-class ConfigError(ValueError):
-    """A configuration or profile that cannot be used; the message names file and key."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class PointSpec(_Frozen):
@@ -123,49 +118,6 @@ class Profile(_Frozen):
             raise ValueError(f"profile {self.family} has no channel {', '.join(unknown)}")
         points = tuple(p for p in self.points if p.channel in channels)
         return self.model_copy(update={"points": points})
-
-
-_SECRET_WORDS = ("password", "secret", "token")
-
-
-def _is_secret(key: object) -> bool:
-    return isinstance(key, str) and any(w in key.lower() for w in _SECRET_WORDS)
-
-
-def _masked(value: Any) -> Any:
-    """``value`` with every secret-named key's value replaced, at any depth: error
-    messages end up in logs and support tickets, passwords must not."""
-    if isinstance(value, dict):
-        return {k: "***" if _is_secret(k) else _masked(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_masked(v) for v in value)
-    return value
-
-
-def describe_validation(exc: ValidationError, prefix: str = "") -> str:
-    """'key.path: expectation (got value)' for the first few errors; secrets masked."""
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = prefix
-        for item in err["loc"]:
-            if isinstance(item, int):
-                loc += f"[{item}]"
-            else:
-                loc += f".{item}" if loc else str(item)
-        secret = bool(err["loc"]) and _is_secret(err["loc"][-1])
-        got = "***" if secret else repr(_masked(err.get("input")))[:60]
-        parts.append(f"{loc or '(root)'}: {err['msg']} (got {got})")
-    more = len(exc.errors()) - 5
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
 
 def load_profile(path: Path) -> Profile:
