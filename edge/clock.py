@@ -40,7 +40,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Protocol
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
+
+from edge.settings import Frozen
 
 __all__ = [
     "ClockConfig",
@@ -116,10 +118,8 @@ def epoch_ns_of(when: datetime) -> int:
     return (when - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
-class ClockConfig(BaseModel):
+class ClockConfig(Frozen):
     """The agent config's optional ``[clock]`` table (see the module docstring)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     mode: Literal["system", "scaled"] = "system"
     origin: AwareDatetime | None = None  # naive times are rejected: UTC must be explicit

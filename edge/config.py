@@ -13,16 +13,18 @@ One file per gateway::
     unit_id = 1
     profile = "pm5000"                  # profiles/pm5000.toml, or an inline table
 
-    [[opcua]] ...                       # edge.opcua.OpcUaServer
+    [[opcua]] ...                       # edge.opcua_config.OpcUaServer
     [outputs.kafka] ...                 # edge.publish_kafka.KafkaOutput
     [outputs.mqtt] ...                  # edge.publish_mqtt.MqttOutput
     [spool] ...                         # edge.spool.SpoolConfig
     [metrics]
     [clock] ...                         # edge.clock.ClockConfig (simulator drills only)
 
-A bad file fails at load with :class:`ConfigError` naming the file, the key
-and what was expected; the outputs' TLS files must exist and load (key
-matching certificate, right password) then, not at the first connection.
+Every model derives from :class:`edge.settings.Frozen` and the file is read by
+:func:`edge.settings.load_model`, the config base ingest and compute share. A bad
+file fails at load with :class:`ConfigError` (``edge.settings.ConfigError``) naming
+the file, the key and what was expected; the outputs' TLS files must exist and
+load (key matching certificate, right password) then, not at the first connection.
 """
 
 from __future__ import annotations
@@ -30,21 +32,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edge.clock import ClockConfig
-from edge.profiles import (
-    ConfigError,
-    PointSpec,
-    Profile,
-    describe_validation,
-    find_profile,
-    load_profile,
-    read_toml,
-)
+from edge.opcua_config import OpcUaServer
+from edge.profiles import PointSpec, Profile, find_profile, load_profile
 from edge.publish_kafka import KafkaOutput
 from edge.publish_mqtt import MqttOutput
 from edge.requests import MAX_REGISTERS
+from edge.settings import ConfigError, Frozen, load_model, read_toml
 from edge.spool import SpoolConfig
 
 __all__ = ["AgentConfig", "ConfigError", "ModbusDevice", "load_config"]
@@ -52,21 +48,7 @@ __all__ = ["AgentConfig", "ConfigError", "ModbusDevice", "load_config"]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-try:
-    from edge.opcua_config import OpcUaServer
-except ImportError:  # until edge.opcua_config lands: accept the table, validate nothing
-
-    class OpcUaServer(BaseModel):  # type: ignore[no-redef]
-        model_config = ConfigDict(frozen=True, extra="allow")
-        name: str
-        endpoint: str
-
-
-class Workarounds(_Frozen):
+class Workarounds(Frozen):
     """Vendor quirks, off by default (Telegraf's ``workarounds`` table)."""
 
     # some gateways drop the first request after connect
@@ -77,7 +59,7 @@ class Workarounds(_Frozen):
     close_after_poll: bool = False
 
 
-class ModbusDevice(_Frozen):
+class ModbusDevice(Frozen):
     """One Modbus TCP meter (one unit id on one host:port)."""
 
     meter: Name
@@ -124,12 +106,12 @@ class ModbusDevice(_Frozen):
         return self.register_map.max_registers if limit is None else limit
 
 
-class Outputs(_Frozen):
+class Outputs(Frozen):
     kafka: KafkaOutput | None = None
     mqtt: MqttOutput | None = None
 
 
-class MetricsConfig(_Frozen):
+class MetricsConfig(Frozen):
     """``[metrics]``: the Prometheus endpoint; ``port = 0`` turns it off."""
 
     # 0 (or None from Python): no HTTP exposition; TOML has no null, so 0 is the off switch
@@ -137,7 +119,7 @@ class MetricsConfig(_Frozen):
     addr: str = "127.0.0.1"
 
 
-class AgentConfig(_Frozen):
+class AgentConfig(Frozen):
     """Everything one gateway's agent needs."""
 
     site: Name
@@ -225,13 +207,9 @@ def _resolve_profiles(config: AgentConfig, source: Path) -> AgentConfig:
 
 def config_from_dict(data: dict[str, Any], source: Path) -> AgentConfig:
     """Validate parsed TOML; relative paths are taken relative to ``source``'s folder."""
-    try:
-        # the outputs' TLS files are checked and loaded now, so they resolve their own
-        # relative names (context ``base``); _rebase leaves those absolute paths alone
-        config = AgentConfig.model_validate(data, context={"base": source.absolute().parent})
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_validation(exc)}") from exc
-    config = _rebase(config, source.parent)
+    # the outputs' TLS files are checked and loaded now, so they resolve their own
+    # relative names (context ``base``); _rebase leaves those absolute paths alone
+    config = _rebase(load_model(AgentConfig, source, data), source.parent)
     return _resolve_profiles(config, source)
 
 

@@ -3,6 +3,10 @@
 Node references are OPC UA text node ids, optionally with the namespace given
 by URI instead of index (``nsu=urn:plantprint:simulator;s=M-OVEN.Energy``), which
 is what a config should use: indexes may change when the server restarts.
+
+Intervals are seconds in the config, as every duration in plantprint's configs;
+the OPC UA services take milliseconds (the spec's ``Duration``), so the
+``*_interval_ms`` properties convert where the subscription is requested.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import re
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from edge.settings import Frozen
 
 _NODE_REF: Final = re.compile(r"^(?:nsu=(?P<uri>[^;]+);|ns=\d+;)?(?P<id>(?:i=\d+|s=.+|g=.+|b=.+))$")
 
@@ -30,18 +36,15 @@ def _check_ref(ref: str) -> str:
     return ref
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class MonitoredNode(_Frozen):
+class MonitoredNode(Frozen):
     """A variable read as a meter point: ``meter``/``channel`` name it in frames."""
 
     node: str
     meter: str = Field(min_length=1)
     channel: str = Field(min_length=1)
     unit: str = ""
-    sampling_interval_ms: float = Field(default=1000.0, ge=0)
+    # server-side sampling; 0: the server's fastest practical rate
+    sampling_interval_s: float = Field(default=1.0, ge=0)
     deadband_type: Literal["none", "absolute", "percent"] = "none"
     deadband: float = Field(default=0.0, ge=0)
 
@@ -56,8 +59,12 @@ class MonitoredNode(_Frozen):
             raise ValueError(f"deadband {self.deadband}: a percent deadband is 0..100")
         return self
 
+    @property
+    def sampling_interval_ms(self) -> float:
+        return self.sampling_interval_s * 1000.0
 
-class MesAsset(_Frozen):
+
+class MesAsset(Frozen):
     """An asset's MES nodes: batch slot objects and, optionally, a numeric state code.
 
     Each slot prefix names an object with ``BatchId``, ``Product``, ``Running``,
@@ -67,7 +74,7 @@ class MesAsset(_Frozen):
     asset: str = Field(min_length=1)
     slots: tuple[str, ...] = ()
     state: str | None = None
-    sampling_interval_ms: float = Field(default=500.0, ge=0)
+    sampling_interval_s: float = Field(default=0.5, ge=0)  # of Running and state
 
     @field_validator("slots")
     @classmethod
@@ -81,8 +88,12 @@ class MesAsset(_Frozen):
     def _state_is_ref(cls, value: str | None) -> str | None:
         return None if value is None else _check_ref(value)
 
+    @property
+    def sampling_interval_ms(self) -> float:
+        return self.sampling_interval_s * 1000.0
 
-class OpcUaServer(_Frozen):
+
+class OpcUaServer(Frozen):
     """``[[opcua]]``: one server, how to reach it safely, and what to subscribe to."""
 
     name: str = Field(min_length=1)
@@ -95,7 +106,7 @@ class OpcUaServer(_Frozen):
     application_uri: str = "urn:plantprint:edge"  # must match the certificate's SAN URI
     user: str | None = None
     password: SecretStr | None = None
-    publishing_interval_ms: float = Field(default=1000.0, gt=0)
+    publishing_interval_s: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=10.0, gt=0)
     watchdog_s: float = Field(default=1.0, gt=0)
     reconnect_initial_s: float = Field(default=1.0, gt=0)
@@ -117,3 +128,7 @@ class OpcUaServer(_Frozen):
         if not self.nodes and not self.mes:
             raise ValueError("an OPC UA server needs nodes or mes to subscribe to")
         return self
+
+    @property
+    def publishing_interval_ms(self) -> float:
+        return self.publishing_interval_s * 1000.0

@@ -31,7 +31,7 @@ from kafka import KafkaProducer
 from kafka.cluster import collect_hosts
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from edge import metrics, tls
 from edge.forward import AckTally, PublishError
@@ -53,8 +53,6 @@ _TLS_KEYS = "[outputs.kafka] ssl_cafile, ssl_certfile, ssl_keyfile, ssl_check_ho
 class KafkaOutput(tls.KafkaSecurity):
     """``[outputs.kafka]``: where and how frames are produced (security keys: the base)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     bootstrap_servers: list[str] = Field(min_length=1)
     topic_prefix: str = ""
     acks: Literal["all"] = "all"  # a frame is acknowledged once every in-sync replica has it
@@ -62,7 +60,7 @@ class KafkaOutput(tls.KafkaSecurity):
     # none by default: kafka-python's gzip is level 9 and costs about half the
     # framed throughput (bench_edge_outputs); choose gzip for thin uplinks
     compression: Compression = "none"
-    linger_ms: int = Field(default=5, ge=0)
+    linger_s: float = Field(default=0.005, ge=0)  # seconds to wait to fill a batch
     max_request_bytes: int = Field(default=1024 * 1024, gt=0)
     delivery_timeout_s: float = Field(default=30.0, ge=0.5)
     client_id: str | None = None
@@ -84,16 +82,17 @@ class KafkaOutput(tls.KafkaSecurity):
     def producer_config(self) -> dict[str, Any]:
         """Keyword arguments for ``KafkaProducer`` (secrets revealed only here)."""
         timeout_ms = int(self.delivery_timeout_s * 1000)
+        linger_ms = round(self.linger_s * 1000)
         cfg: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "acks": self.acks,
             "enable_idempotence": self.idempotent,
             "compression_type": None if self.compression == "none" else self.compression,
-            "linger_ms": self.linger_ms,
+            "linger_ms": linger_ms,
             "max_request_size": self.max_request_bytes,
             "delivery_timeout_ms": timeout_ms,
             # kafka-python wants delivery > linger + request timeout
-            "request_timeout_ms": max(100, min(30_000, (timeout_ms - self.linger_ms) // 2)),
+            "request_timeout_ms": max(100, min(30_000, (timeout_ms - linger_ms) // 2)),
             "max_block_ms": min(timeout_ms, 10_000),
             "bootstrap_timeout_ms": min(timeout_ms, 10_000),
             "reconnect_backoff_max_ms": 2_000,

@@ -12,10 +12,12 @@ The session is persistent: MQTT 5 with ``clean_start=False`` and a session
 expiry interval, or MQTT 3.1.1 with ``clean_session=False``; the client id
 must then be stable, so it defaults to ``plantprint-edge-<gateway>``.
 
-Connecting fails promptly and says why: a refused TLS handshake names what TLS
-refused (``edge.tls.describe``), a CONNACK refusal its reason ("Not
-authorized"), a broker that drops the session before its CONNACK is probed
-for a TLS refusal (a client certificate it does not accept).
+The broker URL, TLS and login keys are ``edge.tls.MqttSecurity``, the same keys
+and load-time checks as ingest's bridge. Connecting fails promptly and says why:
+a refused TLS handshake names what TLS refused (``edge.tls.describe``), a
+CONNACK refusal its reason ("Not authorized"), a broker that drops the session
+before its CONNACK is probed for a TLS refusal (a client certificate it does
+not accept).
 """
 
 from __future__ import annotations
@@ -27,15 +29,13 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field
 
 from edge import metrics, tls
 from edge.forward import AckTally, PublishError
@@ -45,15 +45,12 @@ logger = logging.getLogger(__name__)
 
 # PUBLISH fixed header (<= 5), topic length (2), packet id (2), MQTT 5 properties: generous
 _PACKET_OVERHEAD = 64
-_TLS_KEYS = "[outputs.mqtt] ca_file, cert_file, key_file, tls_insecure"
+_TLS_KEYS = f"[outputs.mqtt] {tls.MQTT_TLS_KEYS}"
 
 
-class MqttOutput(BaseModel):
-    """``[outputs.mqtt]``: a site broker for MQTT-only gateways."""
+class MqttOutput(tls.MqttSecurity):
+    """``[outputs.mqtt]``: a site broker for MQTT-only gateways (url, TLS, login: the base)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    url: str  # mqtt://host:1883 or mqtts://host:8883
     qos: Literal[1] = 1
     protocol: Literal["5", "3.1.1"] = "5"
     client_id: str | None = None  # default plantprint-edge-<gateway>
@@ -67,61 +64,6 @@ class MqttOutput(BaseModel):
     # default maximum message is also about 1 MiB. Frames are split to fit.
     max_packet_bytes: int = Field(default=1024 * 1024, ge=16 * 1024, le=268_435_455)
     topic_root: str = "plantprint"
-    username: str | None = None
-    password: SecretStr | None = None
-    # TLS (mqtts:// only): PEM files, relative to the site config's folder; "": not set
-    ca_file: Path | None = None  # None: the system's trust store
-    cert_file: Path | None = None  # client certificate, for brokers that require one
-    key_file: Path | None = None  # its key (or both in cert_file)
-    key_password: SecretStr | None = None  # of an encrypted key_file
-    tls_insecure: bool = False  # skip the host name check (the chain is still verified)
-
-    _blank = field_validator("username", "password", "ca_file", "cert_file", "key_file",
-                             "key_password", mode="before")(tls.blank_is_none)
-    _files = field_validator("ca_file", "cert_file", "key_file")(tls.existing_file)
-
-    @field_validator("url")
-    @classmethod
-    def _mqtt_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
-            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _tls_consistent(self) -> MqttOutput:
-        if self.password is not None and self.username is None:
-            raise ValueError("password needs username")
-        if not self.tls:  # TLS files with mqtt:// would silently send in clear text
-            tls.unused([n for n in ("ca_file", "cert_file", "key_file", "key_password")
-                        if getattr(self, n) is not None]
-                       + (["tls_insecure"] if self.tls_insecure else []),
-                       f"url {self.url} does not use TLS (mqtts://)")
-            return self
-        tls.check_loadable(("ca_file", "cert_file", "key_file", "key_password"), self.ca_file,
-                           self.cert_file, self.key_file, self._key_password())
-        return self
-
-    def _key_password(self) -> str | None:
-        return self.key_password.get_secret_value() if self.key_password else None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A new context each time: files renewed on disk are read again."""
-        return tls.client_context(self.ca_file, self.cert_file, self.key_file,
-                                  self._key_password(), not self.tls_insecure)
-
-    @property
-    def host(self) -> str:
-        return urlparse(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        parsed = urlparse(self.url)
-        return parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlparse(self.url).scheme == "mqtts"
 
 
 class _ConnectFailed(RuntimeError):
@@ -191,11 +133,7 @@ class MqttPublisher:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                  clean_session=False, protocol=mqtt.MQTTv311,
                                  reconnect_on_failure=False)
-        if cfg.username is not None:
-            password = cfg.password.get_secret_value() if cfg.password else None
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls:  # paho takes the context's check_hostname as its tls_insecure
-            client.tls_set_context(cfg.ssl_context())
+        cfg.secure(client)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -35,9 +35,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge import metrics
+from edge.settings import Frozen
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +66,8 @@ class SpoolError(RuntimeError):
     """The spool cannot store or read frames (disk, corruption, oversized frame)."""
 
 
-class SpoolConfig(BaseModel):
+class SpoolConfig(Frozen):
     """Where the spool lives and how much it may hold."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: Path
     # payload bytes; about a day of a 1k-point gateway at 1 s cycles and ~100 B/point

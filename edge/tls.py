@@ -1,7 +1,8 @@
-"""Client TLS of the edge's Kafka and MQTT outputs: contexts, file checks, and why TLS failed.
+"""Transport security of every Kafka and MQTT client: the config models, contexts, why TLS failed.
 
-Shared by the edge's outputs and ingest's Kafka and MQTT clients: ingest may import
-it (it needs only the standard library and pydantic), the edge imports nothing of ingest.
+Shared by the edge's outputs and ingest's Kafka and MQTT clients (and next compute's):
+ingest and compute may import it (it needs only the standard library, pydantic and
+``edge.settings``); the edge imports nothing of theirs.
 
 ``client_context`` builds the one ``ssl.SSLContext`` both kafka-python (its
 ``ssl_context`` option) and paho (``tls_set_context``) are given, so the probe
@@ -13,8 +14,10 @@ operator can act on, or None when TLS is fine and the failure lies elsewhere.
 ``existing_file`` and ``check_loadable`` make the output configs load their
 files when the site config is loaded, so a wrong path, a key of another
 certificate or a wrong password fails then, naming its key, not at the first
-connection. ``KafkaSecurity`` is the security part of a Kafka client config,
-the same keys and checks for the edge's ``[outputs.kafka]`` and ingest's ``[kafka]``.
+connection. One security model per transport, the same keys and checks in
+every layer: ``KafkaSecurity`` for the edge's ``[outputs.kafka]`` and ingest's
+``[kafka]``, ``MqttSecurity`` (the broker URL, TLS and login) for the edge's
+``[outputs.mqtt]`` and ingest's ``[bridge]``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ import socket
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import SecretStr, ValidationInfo, field_validator, model_validator
+
+from edge.settings import Frozen
 
 # after a completed TLS 1.3 handshake the server may still refuse our certificate:
 # its alert comes with the first read. Kafka and MQTT servers wait for the client
@@ -167,7 +173,7 @@ def first_tls_problem(
     return None
 
 
-class KafkaSecurity(BaseModel):
+class KafkaSecurity(Frozen):
     """The security keys of a Kafka client config, checked when the config loads.
 
     Base of the edge's ``[outputs.kafka]`` and ingest's ``[kafka]``: the same names,
@@ -237,3 +243,102 @@ class KafkaSecurity(BaseModel):
                 self.sasl_password.get_secret_value() if self.sasl_password else None
             )
         return cfg
+
+
+# where a refused MQTT TLS session is usually fixed; callers prefix their table
+MQTT_TLS_KEYS = "ca_file, cert_file, key_file, tls_insecure"
+
+
+class MqttClient(Protocol):
+    """The two calls of a paho ``Client`` that apply security (paho is not imported here)."""
+
+    def username_pw_set(self, username: str | None, password: str | None = None) -> None: ...
+
+    def tls_set_context(self, context: ssl.SSLContext | None = None) -> None: ...
+
+
+class MqttSecurity(Frozen):
+    """The broker address and security keys of an MQTT client config, checked at load.
+
+    Base of the edge's ``[outputs.mqtt]`` and ingest's ``[bridge]``. ``url`` is
+    ``mqtt://host[:1883]`` or ``mqtts://host[:8883]``: the scheme is the TLS switch,
+    as ``security_protocol`` is Kafka's. TLS files or ``tls_insecure`` with ``mqtt://``
+    are refused (they would be ignored and the client would talk in clear text), as
+    is a ``password`` without ``username`` and a login written into the URL.
+    """
+
+    url: str  # mqtt://host:1883 or mqtts://host:8883
+    username: str | None = None
+    password: SecretStr | None = None
+    # TLS (mqtts:// only): PEM files, relative to the config file's folder; "": not set
+    ca_file: Path | None = None  # None: the system's trust store
+    cert_file: Path | None = None  # client certificate, for brokers that require one
+    key_file: Path | None = None  # its key (or both in cert_file)
+    key_password: SecretStr | None = None  # of an encrypted key_file
+    tls_insecure: bool = False  # skip the host name check (the chain is still verified)
+
+    _blank = field_validator("username", "password", "ca_file", "cert_file", "key_file",
+                             "key_password", mode="before")(blank_is_none)
+    _files = field_validator("ca_file", "cert_file", "key_file")(existing_file)
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {value!r}")
+        try:
+            parsed.port  # noqa: B018 -- raises on a port that is not a number or out of range
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+        if parsed.username is not None or parsed.password is not None:
+            raise ValueError("the URL carries a login: put it in username and password")
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port] with nothing "
+                             f"after the port, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs username")
+        if not self.tls:
+            unused([n for n in ("ca_file", "cert_file", "key_file", "key_password")
+                    if getattr(self, n) is not None]
+                   + (["tls_insecure"] if self.tls_insecure else []),
+                   f"url {self.url} does not use TLS (mqtts://)")
+            return self
+        check_loadable(("ca_file", "cert_file", "key_file", "key_password"), self.ca_file,
+                       self.cert_file, self.key_file, self._key_password())
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.url).port or (8883 if self.tls else 1883)
+
+    def _key_password(self) -> str | None:
+        return self.key_password.get_secret_value() if self.key_password else None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new context each time: files renewed on disk are read again."""
+        return client_context(self.ca_file, self.cert_file, self.key_file,
+                              self._key_password(), not self.tls_insecure)
+
+    def secure(self, client: MqttClient) -> None:
+        """Give a paho client the login and TLS context (secrets revealed only here).
+
+        paho takes the context's ``check_hostname`` as its ``tls_insecure``.
+        """
+        if self.username is not None:
+            password = self.password.get_secret_value() if self.password else None
+            client.username_pw_set(self.username, password)
+        if self.tls:
+            client.tls_set_context(self.ssl_context())

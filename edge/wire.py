@@ -20,6 +20,11 @@ them; ingest deduplicates by (gateway, stream, seq) and records gaps):
 
 Every timestamp is UTC epoch nanoseconds (int). A device's own timestamp is the
 reading's ``ts``; ``sent_ns`` is the gateway clock when the frame was formed and spooled.
+
+This module is the only place that knows the envelope's layout. ``decode`` is
+the one full validator; relays and ledgers that must not pay for (or cannot do)
+a signature check use ``signed_body`` (the bytes the signature covers) and
+``peek_header`` / ``peek_gateway`` (best-effort, unverified identity).
 """
 
 from __future__ import annotations
@@ -365,13 +370,29 @@ def _decode_body(body_bytes: bytes) -> tuple[dict[str, Any], str]:
     return body, f"{where} seq {seq}"
 
 
+def _is_envelope(data: bytes | memoryview) -> bool:
+    return len(data) > HEADER_BYTES and data[: len(MAGIC)] == MAGIC
+
+
 def split_envelope(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[bytes, bytes]:
     """(signature, body) of an envelope, checked for size and magic."""
     if len(data) > max_bytes:
         raise WireError("too_large", f"message of {len(data)} bytes exceeds {max_bytes}")
-    if len(data) <= HEADER_BYTES or data[: len(MAGIC)] != MAGIC:
+    if not _is_envelope(data):
         raise WireError("bad_envelope", f"not a plantprint envelope ({len(data)} bytes)")
     return data[len(MAGIC) : HEADER_BYTES], data[HEADER_BYTES:]
+
+
+def signed_body(data: bytes) -> memoryview:
+    """The bytes an envelope's signature covers (the body), as a view: nothing is copied.
+
+    What a ledger should fingerprint: the same frame re-signed under a new key has
+    the same body. Raises ``WireError("bad_envelope")`` when ``data`` is not an envelope.
+    """
+    view = memoryview(data)
+    if not _is_envelope(view):
+        raise WireError("bad_envelope", f"not a plantprint envelope ({len(data)} bytes)")
+    return view[HEADER_BYTES:]
 
 
 def decode(
@@ -405,11 +426,48 @@ def decode(
     raise WireError("bad_value", f"{where}: stream {stream!r} is not readings or batches")
 
 
-def peek_gateway(data: bytes) -> str | None:
-    """Best-effort gateway id of a message, for DLQ records of messages that fail."""
+class EnvelopeKey(NamedTuple):
+    """Who sent an envelope and where it sits in that gateway's stream: the dedup key."""
+
+    gateway: str
+    stream: Stream
+    seq: int
+
+
+def _peek_body(data: bytes) -> dict[str, Any] | None:
+    """The body after the header as a JSON object, or None; nothing is verified."""
     try:
-        body = orjson.loads(bytes(data)[HEADER_BYTES:])
-        gateway = body.get("gateway") if isinstance(body, dict) else None
-        return gateway if isinstance(gateway, str) else None
+        body = orjson.loads(memoryview(data)[HEADER_BYTES:])
     except (orjson.JSONDecodeError, TypeError):
         return None
+    return body if isinstance(body, dict) else None
+
+
+def peek_header(data: bytes) -> EnvelopeKey | None:
+    """(gateway, stream, seq) of an envelope, unverified; None when they cannot be read.
+
+    For relays that deduplicate without the gateways' keys (the MQTT bridge): the
+    signature is not checked, so the key only says what the message claims to be;
+    ``decode`` decides whether it is. Needs the magic, a known stream and a seq ≥ 0.
+    """
+    if not _is_envelope(data):
+        return None
+    body = _peek_body(data)
+    if body is None:
+        return None
+    gateway, stream, seq = body.get("gateway"), body.get("stream"), body.get("seq")
+    if not isinstance(gateway, str) or stream not in ("readings", "batches"):
+        return None
+    if type(seq) is not int or seq < 0:  # bool is an int subclass: not a sequence number
+        return None
+    return EnvelopeKey(gateway, stream, seq)
+
+
+def peek_gateway(data: bytes) -> str | None:
+    """Best-effort gateway id of a message, for DLQ records of messages that fail.
+
+    The magic is not required: a foreign or damaged header still names its sender.
+    """
+    body = _peek_body(data)
+    gateway = None if body is None else body.get("gateway")
+    return gateway if isinstance(gateway, str) else None

@@ -7,14 +7,18 @@ client id) to ``<root>/+/+/readings`` and ``<root>/+/+/batches``, topics named
 site. The MQTT acknowledgement (``manual_ack``) is sent only after Kafka
 acknowledged the record and the ledger recorded it, so a crash never loses a
 message, and the ledger (``ingest.bridge_ledger``) makes a redelivery after a
-crash not produce it twice. Messages whose sequence cannot be read are
+crash not produce it twice. The ledger's key is the envelope's claimed
+(gateway, stream, seq), read by ``edge.wire.peek_header`` (the bridge has no
+gateway keys; ingest verifies). Messages whose key cannot be read are
 forwarded as they are: ingest puts them in the DLQ.
 
 Both sides may use TLS: the Kafka clients take ``[kafka]``'s security settings
-(``KafkaConfig.client_config``), the MQTT client ``[bridge] tls``, ``ca_file``,
-``cert_file``, ``key_file``, ``username`` and ``password``. paho retries a
-failed MQTT connection without saying why; when TLS is on, the bridge repeats
-the handshake itself and logs what TLS refused (once per distinct reason).
+(``KafkaConfig.client_config``), the MQTT client ``[bridge]``'s ``url``
+(``mqtts://`` for TLS), ``ca_file``, ``cert_file``, ``key_file``, ``username``
+and ``password`` (``edge.tls.MqttSecurity``, as the edge's ``[outputs.mqtt]``).
+paho retries a failed MQTT connection without saying why; when TLS is on, the
+bridge repeats the handshake itself and logs what TLS refused (once per
+distinct reason).
 """
 
 from __future__ import annotations
@@ -25,14 +29,13 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.tls import tls_problem
-from edge.wire import HEADER_BYTES
+from edge.tls import MQTT_TLS_KEYS, tls_problem
+from edge.wire import peek_header
 from ingest.bridge_ledger import BridgeLedger, Key
 from ingest.config import ServerConfig
 from ingest.errors import IngestError
@@ -56,14 +59,9 @@ class BridgeError(IngestError):
 
 
 def message_key(payload: bytes) -> Key | None:
-    """(gateway, stream, seq) of an envelope, or None when it cannot be read."""
-    try:
-        body = orjson.loads(payload[HEADER_BYTES:])
-        key = (body["gateway"], body["stream"], body["seq"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return None
-    ok = isinstance(key[0], str) and key[1] in STREAMS and type(key[2]) is int
-    return key if ok else None
+    """The ledger key (gateway, stream, seq) an envelope claims, or None when unreadable."""
+    header = peek_header(payload)
+    return None if header is None else (header.gateway, header.stream, header.seq)
 
 
 class Bridge:
@@ -88,7 +86,7 @@ class Bridge:
         client = self._mqtt_client()
         client.reconnect_delay_set(1, 5)
         # connect_async: paho's loop keeps retrying a broker that is not up yet
-        client.connect_async(self._b.mqtt_host, self._b.mqtt_port, keepalive=30)
+        client.connect_async(self._b.host, self._b.port, keepalive=30)
         client.loop_start()
         self._client = client
         return True
@@ -99,11 +97,7 @@ class Bridge:
             CallbackAPIVersion.VERSION2, client_id=b.client_id,
             clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True,
         )
-        if b.username is not None:
-            client.username_pw_set(b.username,
-                                   b.password.get_secret_value() if b.password else None)
-        if b.tls:
-            client.tls_set_context(b.ssl_context())
+        b.secure(client)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
@@ -193,8 +187,7 @@ class Bridge:
     # ------------------------------------------------------------- MQTT side
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
-            logger.error("MQTT connect to %s:%d refused: %s", self._b.mqtt_host,
-                         self._b.mqtt_port, rc)
+            logger.error("MQTT connect to %s:%d refused: %s", self._b.host, self._b.port, rc)
             return
         BRIDGE_MQTT_CONNECTED.set(1)
         self._mqtt_problem = None
@@ -217,10 +210,10 @@ class Bridge:
         b = self._b
         if not b.tls:
             return
-        problem = tls_problem(b.mqtt_host, b.mqtt_port, b.ssl_context(), TLS_PROBE_TIMEOUT_S)
+        problem = tls_problem(b.host, b.port, b.ssl_context(), TLS_PROBE_TIMEOUT_S)
         if problem is not None and problem != self._mqtt_problem:
-            logger.error("MQTT broker %s:%d: %s (see [bridge] ca_file, cert_file, key_file, "
-                         "tls_insecure); paho keeps retrying", b.mqtt_host, b.mqtt_port, problem)
+            logger.error("MQTT broker %s:%d: %s (see [bridge] %s); paho keeps retrying",
+                         b.host, b.port, problem, MQTT_TLS_KEYS)
         self._mqtt_problem = problem
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:

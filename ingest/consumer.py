@@ -106,9 +106,9 @@ class IngestConsumer:
         if wait_for_kafka(self._connect, k, self._stop,
                           "ingest waits for the broker; SIGTERM stops it"):
             self._worker.start()
-            logger.info("consuming %s as group %s from %s", self._topics, k.group, k.bootstrap)
+            logger.info("consuming %s as group %s from %s", self._topics, k.group, k.servers)
             return True
-        logger.info("stopped before Kafka at %s became reachable", k.bootstrap)
+        logger.info("stopped before Kafka at %s became reachable", k.servers)
         return False
 
     def _connect(self) -> None:
@@ -126,8 +126,8 @@ class IngestConsumer:
         self._consumer = KafkaConsumer(
             **k.client_config(), group_id=k.group, client_id=k.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=k.session_timeout_ms,
-            heartbeat_interval_ms=max(100, k.session_timeout_ms // 3),
+            session_timeout_ms=int(k.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(100, int(k.session_timeout_s * 1000) // 3),
             max_poll_records=k.max_poll_records, fetch_max_bytes=k.fetch_max_bytes,
             max_partition_fetch_bytes=k.fetch_max_bytes, bootstrap_timeout_ms=timeout_ms,
         )

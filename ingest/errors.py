@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from edge import settings
+
 
 class IngestError(Exception):
     """Base of everything ingest raises on purpose."""
 
 
-class ConfigError(IngestError):
-    """A server config that cannot be used; the message names file, key and expectation."""
+class ConfigError(IngestError, settings.ConfigError):
+    """A server config that cannot be used; the message names file, key and expectation.
+
+    Also an ``edge.settings.ConfigError``: one root for config errors in every package.
+    """
 
 
 class MigrationError(IngestError):

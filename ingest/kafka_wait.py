@@ -69,12 +69,12 @@ def wait_for_kafka(
             if problem is None:
                 logger.error(
                     "Kafka is not reachable at bootstrap servers %s (%s); retrying in %.1f s "
-                    "(%s)", kafka.bootstrap, exc, delay, consequence)
+                    "(%s)", kafka.servers, exc, delay, consequence)
             else:
                 logger.error(
                     "Kafka at bootstrap servers %s: %s (see [kafka] ssl_cafile, ssl_certfile, "
                     "ssl_keyfile, ssl_check_hostname); retrying in %.1f s (%s)",
-                    kafka.bootstrap, problem, delay, consequence)
+                    kafka.servers, problem, delay, consequence)
             metrics.KAFKA_CONNECT_RETRIES.inc()
             stop.wait(delay)
             delay, attempt = min(delay * 2, kafka.reconnect_max_s), attempt + 1

@@ -185,9 +185,9 @@ def _refusal(rec: DlqRecord, source_topics: set[str]) -> str | None:
 def _unreachable(kafka: KafkaConfig, exc: Exception) -> IngestError:
     problem = tls_problem(kafka)
     if problem is not None:
-        return IngestError(f"Kafka at bootstrap servers {kafka.bootstrap}: {problem} (see "
+        return IngestError(f"Kafka at bootstrap servers {kafka.servers}: {problem} (see "
                            "[kafka] ssl_cafile, ssl_certfile, ssl_keyfile, ssl_check_hostname)")
-    return IngestError(f"Kafka is not reachable at bootstrap servers {kafka.bootstrap} "
+    return IngestError(f"Kafka is not reachable at bootstrap servers {kafka.servers} "
                        f"(gave up after [kafka] connect_timeout_s = {kafka.connect_timeout_s} s: "
                        f"{exc})")
 
@@ -210,7 +210,7 @@ def read_dlq(kafka: KafkaConfig, idle_s: float, want: Callable[[DlqRecord], bool
     try:
         return _read_to_idle(consumer, topic, idle_s, want, keep_values)
     except KafkaError as exc:
-        raise IngestError(f"reading {topic} from {kafka.bootstrap}: {exc}") from exc
+        raise IngestError(f"reading {topic} from {kafka.servers}: {exc}") from exc
     finally:
         consumer.close(autocommit=False)
 

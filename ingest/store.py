@@ -31,7 +31,7 @@ from functools import lru_cache
 
 import psycopg
 
-from edge.wire import HEADER_BYTES, BatchFrame, Frame, Message
+from edge.wire import BatchFrame, Frame, Message, signed_body
 from ingest.db import connect
 
 logger = logging.getLogger(__name__)
@@ -119,12 +119,12 @@ FrameKey = tuple[str, str, int]  # (gateway, stream, seq)
 
 
 def body_digest(raw: bytes) -> bytes:
-    """SHA-256 of an envelope's signed body (after magic and signature): what the ledger keeps.
+    """SHA-256 of an envelope's signed body (``edge.wire.signed_body``): what the ledger keeps.
 
     Signing is deterministic, but the body alone is hashed so that the same frame
     re-signed under a new key still counts as the same frame.
     """
-    return hashlib.sha256(memoryview(raw)[HEADER_BYTES:]).digest()
+    return hashlib.sha256(signed_body(raw)).digest()
 
 
 def frame_key(a: Accepted) -> FrameKey:

@@ -26,7 +26,7 @@ SITE = "drill-site"
 async def main(spool_path: str, bootstrap: str, prefix: str, key_pem: str, mode: str) -> None:
     key = wire.load_private_key(Path(key_pem))
     publisher = KafkaPublisher(
-        KafkaOutput(bootstrap_servers=[bootstrap], topic_prefix=prefix, linger_ms=1), SITE
+        KafkaOutput(bootstrap_servers=[bootstrap], topic_prefix=prefix, linger_s=0.001), SITE
     )
     config = ForwardConfig(batch_frames=20, backoff_initial_s=0.05, backoff_max_s=0.5,
                            idle_poll_s=0.02)
