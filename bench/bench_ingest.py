@@ -162,8 +162,8 @@ def run(ctx: BenchContext) -> list[Figure]:
         producer.flush()
         producer.close()
         cfg = ServerConfig.model_validate({
-            "kafka": {"bootstrap": state["kafka"].url, "topic_prefix": prefix,
-                      "group": f"{prefix}bench", "session_timeout_ms": 6000,
+            "kafka": {"bootstrap_servers": [state["kafka"].url], "topic_prefix": prefix,
+                      "group": f"{prefix}bench", "session_timeout_s": 6.0,
                       "max_poll_records": 50},
             "database": {"dsn": dsn}, "metrics": {"port": 0},
             "gateways": {g: {"public_key": k} for g, k in keys.items()},

@@ -141,8 +141,8 @@ def edge_config(scenario: str, endpoints: dict[str, Any], kafka: str, prefix: st
 
 def server_config(dsn: str, kafka: str, prefix: str, gateway: str, public_key: str) -> Path:
     config = {
-        "kafka": {"bootstrap": kafka, "topic_prefix": prefix, "group": "plantprint-demo-ingest",
-                  "session_timeout_ms": 6000},
+        "kafka": {"bootstrap_servers": [kafka], "topic_prefix": prefix,
+                  "group": "plantprint-demo-ingest", "session_timeout_s": 6.0},
         "database": {"dsn": dsn},
         "metrics": {"port": 0},
         "gateways": {gateway: {"public_key": public_key}},

@@ -67,14 +67,14 @@ def describe_validation(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """The parsed file; unreadable or invalid TOML is a :class:`ConfigError` naming it."""
+def read_toml(path: Path, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """The parsed file; unreadable or invalid TOML is ``error`` naming it."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        raise error(f"{path}: cannot read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        raise error(f"{path}: not valid TOML: {exc}") from exc
 
 
 def load_model(
@@ -89,7 +89,7 @@ def load_model(
     (validation context ``base``). Errors are ``error`` (a package's subclass of
     :class:`ConfigError`) naming the file and every offending key.
     """
-    raw = read_toml(path) if data is None else data
+    raw = read_toml(path, error) if data is None else data
     try:
         return model.model_validate(raw, context={"base": path.absolute().parent})
     except ValidationError as exc:

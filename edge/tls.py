@@ -23,6 +23,7 @@ every layer: ``KafkaSecurity`` for the edge's ``[outputs.kafka]`` and ingest's
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Iterable
@@ -247,6 +248,8 @@ class KafkaSecurity(Frozen):
 
 # where a refused MQTT TLS session is usually fixed; callers prefix their table
 MQTT_TLS_KEYS = "ca_file, cert_file, key_file, tls_insecure"
+# the password part of a URL's user info: mqtt://user:<this>@host
+_URL_PASSWORD = re.compile(r"(://[^/@:]*):[^/@]*@")
 
 
 class MqttClient(Protocol):
@@ -280,6 +283,14 @@ class MqttSecurity(Frozen):
     _blank = field_validator("username", "password", "ca_file", "cert_file", "key_file",
                              "key_password", mode="before")(blank_is_none)
     _files = field_validator("ca_file", "cert_file", "key_file")(existing_file)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_url_password(cls, data: Any) -> Any:
+        """A password written into the URL (refused below) is never quoted back in logs."""
+        if isinstance(data, dict) and isinstance(data.get("url"), str):
+            return {**data, "url": _URL_PASSWORD.sub(r"\1:***@", data["url"])}
+        return data
 
     @field_validator("url")
     @classmethod

@@ -1,13 +1,18 @@
-"""The package boundaries of ARCHITECTURE.md, checked on the source.
+"""The package boundaries, checked on the source against the README's package table.
 
-A gateway installs only the ``edge`` extra, so edge code must not import the
-server's libraries; the simulators are an independent peer and import nothing
-of ours (sharing decoding code would hide the bugs they exist to find).
+The README's "may import" column is the rule, read from the README itself, so
+the two cannot drift: ``ingest`` and ``compute`` may import the shared contracts
+that live in ``edge/`` (``edge.wire``, ``edge.tls``, ``edge.settings``) and
+nothing else of the edge (compute may also import ingest); the simulators are
+an independent peer and import nothing of ours (sharing decoding code would
+hide the bugs they exist to find). A gateway installs only the ``edge`` extra,
+so edge code must not import the server's libraries either.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -15,14 +20,48 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = {"edge", "ingest", "compute", "simulators", "deploy", "tests", "bench"}
+CHECKED = ("edge", "ingest", "compute", "simulators")
 
-# package -> (our modules it may import, third-party roots it must not import)
-RULES: dict[str, tuple[tuple[str, ...], set[str]]] = {
-    "edge": (("edge",), {"psycopg", "numba", "grafana_client"}),
-    "ingest": (("ingest", "edge.wire", "edge.tls"), {"numba"}),
-    "compute": (("compute", "edge.wire", "edge.tls", "ingest"), set()),
-    "simulators": (("simulators",), set()),
+# third-party roots a package must not import (not in its role's install)
+BANNED: dict[str, set[str]] = {
+    "edge": {"psycopg", "numba", "grafana_client"},
+    "ingest": {"numba"},
+    "compute": set(),
+    "simulators": set(),
 }
+
+
+def readme_rules() -> dict[str, tuple[str, ...] | None]:
+    """package -> modules of ours it may import besides itself, from README's package table.
+
+    ``None``: the README lets it import anything (deploy). A cell starting with
+    "nothing" allows none; otherwise the allowed modules are the cell's `code` spans.
+    """
+    rules: dict[str, tuple[str, ...] | None] = {}
+    column: int | None = None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if cells and cells[0] == "package" and any(c.startswith("may import") for c in cells):
+            column = next(i for i, c in enumerate(cells) if c.startswith("may import"))
+        elif column is not None and cells and cells[0].startswith("`"):
+            package = cells[0].strip("`/")
+            cell = cells[column]
+            rules[package] = (() if cell.startswith("nothing")
+                              else None if cell.startswith("anything")
+                              else tuple(re.findall(r"`([a-z_.]+)`", cell)))
+        elif column is not None and not line.startswith("|"):
+            break
+    return rules
+
+
+def test_the_readme_states_the_rule_for_every_package() -> None:
+    rules = readme_rules()
+    assert set(CHECKED) <= set(rules), rules
+    # the shared contracts that live in edge/, and nothing else of it, for the server side
+    shared = ("edge.wire", "edge.tls", "edge.settings")
+    assert rules["ingest"] == shared
+    assert rules["compute"] == (*shared, "ingest")
+    assert rules["edge"] == () and rules["simulators"] == ()
 
 
 def _imports(path: Path) -> list[str]:
@@ -36,9 +75,11 @@ def _imports(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("package", sorted(RULES))
-def test_package_imports_respect_the_card(package: str) -> None:
-    allowed, banned = RULES[package]
+@pytest.mark.parametrize("package", CHECKED)
+def test_package_imports_respect_the_readme(package: str) -> None:
+    rule = readme_rules()[package]
+    assert rule is not None, f"README lets {package} import anything"
+    allowed, banned = (package, *rule), BANNED[package]
     offences = []
     for path in sorted((ROOT / package).rglob("*.py")):
         for name in _imports(path):

@@ -30,14 +30,14 @@ name = "sim-plc"
 endpoint = "opc.tcp://127.0.0.1:14840/plantprint/sim"
 security_policy = "None"
 security_mode = "None"
-publishing_interval_ms = 1000
+publishing_interval_s = 1.0
 
 [[opcua.nodes]]
 node = "nsu=urn:plantprint:simulator;s=M-DRIVE.Energy"
 meter = "M-DRIVE"
 channel = "energy"
 unit = "kWh"
-sampling_interval_ms = 20
+sampling_interval_s = 0.02
 
 [[opcua.nodes]]
 node = "nsu=urn:plantprint:simulator;s=M-DRIVE.Power"
@@ -63,14 +63,14 @@ unit = "t/h"
 asset = "L1-press"
 slots = ["nsu=urn:plantprint:simulator;s=L1-press.Batch0"]
 state = "nsu=urn:plantprint:simulator;s=L1-press.StateCode"
-sampling_interval_ms = 20
+sampling_interval_s = 0.02
 
 [[opcua.mes]]
 asset = "L1-oven"
 slots = ["nsu=urn:plantprint:simulator;s=L1-oven.Batch0",
          "nsu=urn:plantprint:simulator;s=L1-oven.Batch1"]
 state = "nsu=urn:plantprint:simulator;s=L1-oven.StateCode"
-sampling_interval_ms = 20
+sampling_interval_s = 0.02
 """
 
 
@@ -107,18 +107,18 @@ class Sink:
 def server_config(url: str, **overrides: object) -> OpcUaServer:
     ref = f"nsu={NS_URI};s="
     base: dict[str, object] = {
-        "name": "plc1", "endpoint": url, "publishing_interval_ms": 50, "timeout_s": 2,
+        "name": "plc1", "endpoint": url, "publishing_interval_s": 0.05, "timeout_s": 2,
         "watchdog_s": 0.3, "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5,
         "nodes": [
             MonitoredNode(node=f"{ref}M1.Energy", meter="M1", channel="energy_kwh", unit="kWh",
-                          sampling_interval_ms=20),
+                          sampling_interval_s=0.02),
             MonitoredNode(node=f"{ref}M1.Power", meter="M1", channel="power_kw", unit="kW",
-                          sampling_interval_ms=20, deadband_type="absolute", deadband=5.0),
+                          sampling_interval_s=0.02, deadband_type="absolute", deadband=5.0),
             MonitoredNode(node=f"{ref}M2.Energy", meter="M2", channel="energy_kwh", unit="kWh",
-                          sampling_interval_ms=20),
+                          sampling_interval_s=0.02),
         ],
         "mes": [MesAsset(asset="OVEN", slots=(f"{ref}OVEN.Batch0",), state=f"{ref}OVEN.StateCode",
-                         sampling_interval_ms=20)],
+                         sampling_interval_s=0.02)],
     }
     base.update(overrides)
     return OpcUaServer.model_validate(base)
@@ -308,7 +308,7 @@ async def test_simulator_plant_batches_and_meter_over_opcua() -> None:
     await runner.start()
     url = runner.endpoints()["opcua"]["url"]  # type: ignore[index]
     table = tomllib.loads(SMALL_OPCUA_TOML)["opcua"][0]
-    cfg = OpcUaServer.model_validate({**table, "endpoint": url, "publishing_interval_ms": 50,
+    cfg = OpcUaServer.model_validate({**table, "endpoint": url, "publishing_interval_s": 0.05,
                                       "reconnect_initial_s": 0.1})
     sink = Sink()
     sub = OpcUaSubscriber(cfg, sink.on_readings, sink.on_batch_events)

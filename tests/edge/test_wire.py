@@ -195,6 +195,60 @@ def test_quantity_event_needs_quantity_and_unit() -> None:
 def test_peek_gateway_for_dead_letters() -> None:
     assert wire.peek_gateway(wire.encode(_frame(), KEY)) == "gw-kiln-1"
     assert wire.peek_gateway(b"garbage") is None
+    # a damaged magic still names its sender in the dead letter
+    assert wire.peek_gateway(b"XXXX" + GOLDEN_SIG + GOLDEN_BODY) == "gw-kiln-1"
+
+
+# Golden envelopes, written byte by byte rather than by encode(), so the layout the
+# relays (the MQTT bridge) and ledgers (the store) rely on is pinned on its own.
+GOLDEN_SIG = bytes(range(64))
+GOLDEN_BODY = (b'{"gateway":"gw-kiln-1","readings":{},"sent_ns":1,"seq":17,'
+               b'"site":"s","stream":"readings","v":1}')
+
+
+def _golden(body: bytes, magic: bytes = b"PPW1", sig: bytes = GOLDEN_SIG) -> bytes:
+    return magic + sig + body
+
+
+@pytest.mark.parametrize(("data", "header"), [
+    (_golden(GOLDEN_BODY), ("gw-kiln-1", "readings", 17)),
+    (_golden(b'{"gateway":"gw-2","seq":0,"stream":"batches"}'), ("gw-2", "batches", 0)),
+    (_golden(GOLDEN_BODY, magic=b"PPW2"), None),
+    (_golden(GOLDEN_BODY, sig=GOLDEN_SIG[:63]), None),  # the body would start inside it
+    (_golden(b""), None),
+    (b"PPW1", None),
+    (_golden(b'{"gateway":"gw-2","seq":0,"stream":"power"}'), None),
+    (_golden(b'{"gateway":"gw-2","seq":true,"stream":"readings"}'), None),
+    (_golden(b'{"gateway":"gw-2","seq":-1,"stream":"readings"}'), None),
+    (_golden(b'{"gateway":"gw-2","seq":"17","stream":"readings"}'), None),
+    (_golden(b'{"gateway":7,"seq":17,"stream":"readings"}'), None),
+    (_golden(b'{"gateway":"gw-2","stream":"readings"}'), None),
+    (_golden(b'["gw-2","readings",17]'), None),
+    (_golden(b'{"gateway":"gw-2",'), None),
+], ids=["readings", "batches", "foreign-magic", "short-signature", "no-body", "magic-only",
+        "unknown-stream", "bool-seq", "negative-seq", "text-seq", "number-gateway",
+        "no-seq", "not-an-object", "cut-json"])
+def test_peek_header_golden(data: bytes, header: tuple[str, str, int] | None) -> None:
+    assert wire.peek_header(data) == header
+
+
+def test_peek_header_reads_what_encode_wrote_without_the_keys() -> None:
+    batch = wire.BatchFrame("s", "gw-kiln-1", 4, 1, (
+        wire.BatchEvent("kiln-1", "B-17", "clinker", "start", 10),))
+    assert wire.peek_header(wire.encode(_frame(), OTHER_KEY)) == ("gw-kiln-1", "readings", 17)
+    assert wire.peek_header(wire.encode(batch, OTHER_KEY)) == ("gw-kiln-1", "batches", 4)
+    assert wire.peek_header(memoryview(wire.encode(batch, KEY))) == ("gw-kiln-1", "batches", 4)
+
+
+def test_signed_body_is_what_the_signature_covers() -> None:
+    assert bytes(wire.signed_body(_golden(GOLDEN_BODY))) == GOLDEN_BODY
+    data = wire.encode(_frame(), KEY)
+    assert bytes(wire.signed_body(data)) == wire.canonical_bytes(_frame())
+    KEY.public_key().verify(data[4:68], bytes(wire.signed_body(data)))  # layout: magic, sig
+    for bad in (b"", b"PPW1", _golden(b""), _golden(GOLDEN_BODY, magic=b"PPW0")):
+        with pytest.raises(wire.WireError) as err:
+            wire.signed_body(bad)
+        assert err.value.reason == "bad_envelope"
 
 
 def test_keys_round_trip(tmp_path) -> None:

@@ -91,8 +91,9 @@ def make_config(tmp_path: Path, services, topic_prefix: str) -> Callable[..., Pa
     def make(dsn: str, gateways: list[Gateway], name: str = "server.toml",
              **tables: dict[str, Any]) -> Path:
         data: dict[str, Any] = {
-            "kafka": {"bootstrap": services.kafka_bootstrap, "topic_prefix": topic_prefix,
-                      "group": f"{topic_prefix}ingest", "session_timeout_ms": 6000},
+            "kafka": {"bootstrap_servers": [services.kafka_bootstrap],
+                      "topic_prefix": topic_prefix, "group": f"{topic_prefix}ingest",
+                      "session_timeout_s": 6.0},
             "database": {"dsn": dsn, "reconnect_max_s": 1.0},
             "metrics": {"port": 0},
             "bridge": {"metrics_port": 0},  # tests that scrape it pick a free port

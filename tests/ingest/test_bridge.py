@@ -43,7 +43,7 @@ def test_bridge_forwards_each_qos1_message_once_across_a_crash(
     dsn = new_database()
     migrate(dsn)  # the bridge only checks the schema is this release's
     cfg = make_config(dsn, [g], bridge={
-        "mqtt_host": services.mqtt_host, "mqtt_port": services.mqtt_port,
+        "url": f"mqtt://{services.mqtt_host}:{services.mqtt_port}",
         "client_id": f"bridge-{topic_prefix}", "topic_root": f"pp{topic_prefix.rstrip('.')}",
         "state_file": str(tmp_path / "bridge.sqlite"), "readback_idle_s": 1.0,
     })
@@ -103,8 +103,8 @@ def test_bridge_waits_for_kafka_and_mqtt_started_after_it(
     dsn = new_database()
     migrate(dsn)
     root = f"pp{topic_prefix.rstrip('.')}"
-    cfg = make_config(dsn, [g], kafka={"bootstrap": kafka.bootstrap}, bridge={
-        "mqtt_host": "127.0.0.1", "mqtt_port": mosquitto.port,
+    cfg = make_config(dsn, [g], kafka={"bootstrap_servers": [kafka.bootstrap]}, bridge={
+        "url": f"mqtt://127.0.0.1:{mosquitto.port}",
         "client_id": f"bridge-{topic_prefix}", "topic_root": root,
         "state_file": str(tmp_path / "bridge.sqlite"), "metrics_port": metrics_port,
     })

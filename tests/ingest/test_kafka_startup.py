@@ -32,8 +32,8 @@ def test_ingest_waits_for_a_late_broker_then_consumes(
     dsn = new_database()
     migrate(dsn)
     g = Gateway("gw-late", meters=3)
-    cfg = make_config(dsn, [g], kafka={"bootstrap": broker.bootstrap, "connect_timeout_s": 1.0,
-                                       "reconnect_max_s": 1.0})
+    cfg = make_config(dsn, [g], kafka={"bootstrap_servers": [broker.bootstrap],
+                                       "connect_timeout_s": 1.0, "reconnect_max_s": 1.0})
     proc = ingest_process("--config", str(cfg))
     proc.start()
     expected = WAITING.format(broker.bootstrap)
@@ -66,7 +66,7 @@ def test_sigterm_while_waiting_for_the_broker_exits_cleanly(
     dsn = new_database()
     migrate(dsn)
     cfg = make_config(dsn, [Gateway("gw-never")],
-                      kafka={"bootstrap": broker.bootstrap, "connect_timeout_s": 1.0})
+                      kafka={"bootstrap_servers": [broker.bootstrap], "connect_timeout_s": 1.0})
     proc = ingest_process("--config", str(cfg))
     proc.start()
     wait_for(lambda: WAITING.format(broker.bootstrap) in proc.log.read_text(), 20, "retry logged")

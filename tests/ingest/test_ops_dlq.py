@@ -92,7 +92,7 @@ def test_errors_name_the_reason_selection_and_broker(make_config, tmp_path) -> N
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     dead = make_config("postgresql://127.0.0.1:1/none", [], name="dead.toml",
-                       kafka={"bootstrap": f"127.0.0.1:{port}", "connect_timeout_s": 1.0})
+                       kafka={"bootstrap_servers": [f"127.0.0.1:{port}"], "connect_timeout_s": 1.0})
     started = time.monotonic()
     code, out, err = run("redrive", "--config", dead, "--reason", "seq_conflict")
     assert code == 2 and out == ""

@@ -54,7 +54,7 @@ async def test_edge_publishes_signed_frames_over_tls_and_they_arrive_intact(
         await _publish_all(out, spool)
         assert spool.depth == 0  # every frame acknowledged through TLS
         # read back through TLS too, with the client settings ingest builds
-        reader = KafkaConfig(bootstrap=kafka.bootstrap, security_protocol="SSL",
+        reader = KafkaConfig(bootstrap_servers=[kafka.bootstrap], security_protocol="SSL",
                              ssl_cafile=pki.ca).client_config()
         readings = await asyncio.to_thread(read_records, reader, f"{topic_prefix}readings",
                                            FRAMES)
@@ -87,7 +87,7 @@ async def test_ingest_lands_frames_from_mutual_tls_kafka_in_postgresql(
         await _publish_all(out, spool)
         # file names relative to the config file's folder, as an operator writes them
         cfg = load_config(make_config(dsn, [Gateway("gw1", key=key)], kafka={
-            "bootstrap": kafka.bootstrap, "security_protocol": "SSL",
+            "bootstrap_servers": [kafka.bootstrap], "security_protocol": "SSL",
             "ssl_cafile": "pki/ca.pem", "ssl_certfile": "pki/client.crt",
             "ssl_keyfile": "pki/client-enc.key", "ssl_password": KEY_PASSWORD,
         }))
@@ -144,7 +144,7 @@ async def test_edge_with_the_wrong_ca_is_refused_and_delivers_nothing(
         assert kafka.proxy.sessions == 0
         assert set(kafka.proxy.refusals) == {"TLSV1_ALERT_UNKNOWN_CA"}
         # a client that trusts the right CA finds nothing there
-        trusted = KafkaConfig(bootstrap=kafka.bootstrap, security_protocol="SSL",
+        trusted = KafkaConfig(bootstrap_servers=[kafka.bootstrap], security_protocol="SSL",
                               ssl_cafile=pki.ca, ssl_certfile=pki.client_cert,
                               ssl_keyfile=pki.client_key).client_config()
         assert await asyncio.to_thread(read_records, trusted, f"{topic_prefix}readings", 1,
@@ -163,7 +163,8 @@ def test_ingest_refused_by_tls_says_why_and_keeps_waiting(
                    "ssl_keyfile": "pki/client.key"} if mistake == "wrong_ca"
                   else {"ssl_cafile": "pki/ca.pem"})
         cfg = load_config(make_config(dsn, [], kafka={
-            "bootstrap": kafka.bootstrap, "security_protocol": "SSL", "connect_timeout_s": 1.0,
+            "bootstrap_servers": [kafka.bootstrap], "security_protocol": "SSL",
+            "connect_timeout_s": 1.0,
             **client}))
         consumer = IngestConsumer(cfg)
         started: list[bool] = []

@@ -56,7 +56,7 @@ def _bridge_config(make_config: Callable[..., Path], broker: MosquittoBroker, ro
                    ) -> ServerConfig:
     """TLS files named relative to the config file, as an operator writes them."""
     return load_config(make_config("postgresql://127.0.0.1/unused", [], kafka=kafka, bridge={
-        "mqtt_host": "127.0.0.1", "mqtt_port": broker.port, "tls": True,
+        "url": f"mqtts://127.0.0.1:{broker.port}",
         "username": "bridge", "password": USERS["bridge"], "topic_root": root,
         "client_id": f"bridge-{uuid.uuid4().hex[:8]}", "readback_idle_s": 0.5,
         "state_file": str(tmp_path / "bridge.sqlite"), **bridge}))
@@ -81,7 +81,7 @@ async def test_edge_to_bridge_to_kafka_all_over_mutual_tls(
     root = f"pp{topic_prefix.rstrip('.')}"
     key = wire.generate_private_key()
     with tls_kafka("kafka-tls-bridge", pki, require_client_cert=True) as kafka:
-        kafka_tls = {"bootstrap": kafka.bootstrap, "security_protocol": "SSL",
+        kafka_tls = {"bootstrap_servers": [kafka.bootstrap], "security_protocol": "SSL",
                      "ssl_cafile": "pki/ca.pem", "ssl_certfile": "pki/client.crt",
                      "ssl_keyfile": "pki/client.key"}
         cfg = _bridge_config(make_config, mqtts, root, tmp_path, kafka_tls,
