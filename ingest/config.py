@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from kafka.cluster import collect_hosts
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from edge.settings import Frozen, load_model
 from edge.tls import KafkaSecurity, MqttSecurity
@@ -136,6 +136,28 @@ class MetricsConfig(Frozen):
     addr: str = "127.0.0.1"
 
 
+class ComputeConfig(Frozen):
+    """``[compute]``: the allocation worker (``python -m compute``)."""
+
+    group: str = "plantprint-compute"
+    # site -> its site model file (compute/site.py), relative to this file
+    sites: dict[str, Path] = Field(default_factory=dict)
+    # a micro-batch is evaluated at least this often (seconds of wall time)
+    micro_batch_s: float = Field(default=1.0, gt=0, le=60)
+    # an interval between two counter readings longer than this is a gap (seconds)
+    gap_s: float = Field(default=300.0, gt=0)
+    # Prometheus endpoint of the worker; 0: none
+    metrics_port: int = Field(default=9110, ge=0, le=65535)
+
+    @field_validator("sites")
+    @classmethod
+    def _rebase(cls, v: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
+        base = (info.context or {}).get("base")
+        if base is None:
+            return v
+        return {site: p if p.is_absolute() else Path(base) / p for site, p in v.items()}
+
+
 class ServerConfig(Frozen):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -145,6 +167,7 @@ class ServerConfig(Frozen):
     meters: dict[str, MeterConfig] = Field(default_factory=dict)
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     def public_keys(self) -> dict[str, Ed25519PublicKey]:
         return {gw: public_key_from_b64(g.public_key) for gw, g in self.gateways.items()}

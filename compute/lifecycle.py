@@ -1,0 +1,83 @@
+"""Footprint lifecycle decisions, pure: which batches are final, how far back to keep.
+
+``provisional`` while a batch runs → ``final`` once it has ended, every meter
+in its scope has reported past its end, and every batch it shares a meter with
+has ended too (their quantities weight the split), or once the site's data has
+run ``final_timeout_s`` past its end (the missing meters are flagged) →
+``revised`` when late data changes a final number (a new revision).
+
+Time here is *data time* (the newest reading of the site), never the wall
+clock, so a restarted worker reaches the same decisions as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from compute.model import Batch
+
+Status = str  # "provisional" | "final" | "revised"
+
+
+@dataclass(frozen=True)
+class Finality:
+    final: bool
+    missing: tuple[str, ...] = ()  # meters that had not reported past the end (timeout)
+    waiting_for: tuple[str, ...] = ()  # batches whose weights were still unknown (timeout)
+
+
+def sharing(batch: Batch, batches: Iterable[Batch], scopes: Iterable[tuple[str, ...]]
+            ) -> list[Batch]:
+    """Batches that overlap ``batch`` in time on any asset of a scope containing its asset."""
+    assets: set[str] = set()
+    for scope in scopes:
+        if batch.asset in scope:
+            assets.update(scope)
+    return [b for b in batches if b.batch_id != batch.batch_id and b.asset in assets
+            and b.start_ns < batch.end_or_open and batch.start_ns < b.end_or_open]
+
+
+def finality(batch: Batch, coverage: Mapping[str, int], scope_meters: Sequence[str],
+             others: Sequence[Batch], data_now_ns: int, timeout_ns: int) -> Finality:
+    """Whether ``batch`` can be final now; ``coverage``: meter → end of its last interval."""
+    if batch.end_ns is None:
+        return Finality(False)
+    missing = tuple(m for m in scope_meters if coverage.get(m, 0) <= batch.end_ns)
+    open_weights = tuple(b.batch_id for b in others if b.end_ns is None or b.quantity is None)
+    if not missing and not open_weights:
+        return Finality(True)
+    if data_now_ns - batch.end_ns >= timeout_ns:
+        return Finality(True, missing, open_weights)
+    return Finality(False)
+
+
+def window_start(batches: Sequence[Batch], final_ids: set[str], idle_next: bool,
+                 coverage_floor: int) -> int:
+    """The earliest time any non-final batch may still draw energy from.
+
+    Intervals ending at or before it are settled: their allocation is stored
+    and they leave memory. With ``next_batch`` idle energy, the idle stretch
+    before a non-final batch (back to the end of the last final batch before it)
+    belongs to it too. Without any non-final batch, everything every meter has
+    reported is settled (``coverage_floor``), except under ``next_batch``, where
+    idle energy after the last batch waits for the next one.
+    """
+    open_batches = [b for b in batches if b.batch_id not in final_ids]
+    if not open_batches:
+        if idle_next and batches:
+            return min(coverage_floor, max(b.end_or_open for b in batches))
+        return coverage_floor
+    anchor = min(b.start_ns for b in open_batches)
+    if not idle_next:
+        return min(anchor, coverage_floor)
+    before = [b.end_or_open for b in batches
+              if b.batch_id in final_ids and b.end_or_open <= anchor]
+    return min(max(before) if before else 0, coverage_floor)
+
+
+def changed(old: Mapping[str, float], new: Mapping[str, float], rel: float = 1e-9) -> bool:
+    """Whether two energy maps differ beyond floating-point noise."""
+    if set(old) != set(new):
+        return True
+    return any(abs(old[k] - new[k]) > rel * max(abs(old[k]), abs(new[k]), 1e-12) for k in old)

@@ -1,0 +1,308 @@
+"""compute's transaction: what it used, derived and concluded, with its Kafka offsets.
+
+One call of :meth:`ComputeStore.commit` is one PostgreSQL transaction holding
+the frames taken into account (``compute_frame``), new intervals, batches,
+machine-state changes, settled allocations, footprint revisions, the carried
+meter and site state, and the next offsets per partition (``consumer_offset``
+under compute's group). So a crash at any point neither loses nor doubles a
+number: on assignment the worker restores the state and seeks to the offsets
+stored here (:meth:`ComputeStore.restore`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+import psycopg
+
+from compute import kernels
+from compute.footprint import Footprint
+from compute.model import Batch, Intervals, StateChanges, f64, i64
+from compute.series import MeterCarry
+from compute.site_state import Outcome, SiteState, Stored
+from ingest.db import connect
+
+logger = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+_TS = "'epoch'::timestamptz + (%s / 1000) * interval '1 microsecond'"
+
+
+def ts_sql(col: str) -> str:
+    return f"'epoch'::timestamptz + ({col} / 1000) * interval '1 microsecond'"
+
+
+def ns_sql(col: str) -> str:
+    """A timestamptz column as epoch ns (bigint)."""
+    return f"(extract(epoch from {col}) * 1000000)::bigint * 1000"
+
+
+@dataclass(frozen=True)
+class FrameKey:
+    gateway: str
+    stream: str
+    seq: int
+    site: str
+    digest: bytes
+    partition: int
+    offset: int
+
+
+_FRAMES = """INSERT INTO compute_frame (gateway, stream, seq, site, body_sha256,
+                           kafka_partition, kafka_offset)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bytea[],
+                     %s::int[], %s::bigint[])
+ON CONFLICT DO NOTHING RETURNING gateway, stream, seq"""
+_SEEN = """SELECT gateway, stream, seq, body_sha256 FROM compute_frame
+JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS k(gateway, stream, seq)
+USING (gateway, stream, seq)"""
+_INTERVALS = f"""INSERT INTO energy_interval (site, meter, carrier, start_ts, end_ts, energy,
+    estimated, flags, power_start, power_end, co2)
+SELECT site, meter, carrier, {ts_sql('s')}, {ts_sql('e')}, energy, est, flags,
+       nullif(ps, 'NaN'), nullif(pe, 'NaN'), nullif(co2, 'NaN')
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::float8[],
+            %s::float8[], %s::int[], %s::float8[], %s::float8[], %s::float8[])
+     AS t(site, meter, carrier, s, e, energy, est, flags, ps, pe, co2)
+ON CONFLICT DO NOTHING"""
+_BATCH = f"""INSERT INTO compute_batch (site, batch_id, asset, product, start_ts, end_ts,
+    quantity, unit, updated_at)
+VALUES (%s, %s, %s, %s, {ts_sql('%s')}, {ts_sql('%s::bigint')}, %s, %s, now())
+ON CONFLICT (site, batch_id) DO UPDATE SET asset = EXCLUDED.asset, product = EXCLUDED.product,
+    start_ts = EXCLUDED.start_ts, end_ts = EXCLUDED.end_ts, quantity = EXCLUDED.quantity,
+    unit = EXCLUDED.unit, updated_at = now()"""
+_STATES = f"""INSERT INTO compute_state_change (site, asset, ts, code)
+SELECT %s, asset, {ts_sql('t')}, code FROM unnest(%s::text[], %s::bigint[], %s::int[])
+    AS x(asset, t, code)
+ON CONFLICT DO NOTHING"""
+_ALLOC = f"""INSERT INTO allocation (site, meter, end_ts, batch_id, energy, rule)
+SELECT %s, meter, {ts_sql('e')}, batch_id, energy, rule
+FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::float8[], %s::text[])
+    AS x(meter, e, batch_id, energy, rule)
+ON CONFLICT DO NOTHING"""
+_FOOTPRINT_COLS = """site, batch_id, revision, status, asset, product, start_ts, end_ts,
+    quantity, unit, declared_units, energy, energy_unit, uncertainty, kgco2e_location,
+    kgco2e_market, kgco2e_uncertainty, per_unit_location, per_unit_market,
+    primary_data_share, flags, factor_ids, detail, inputs_sha256"""
+_FOOTPRINT = f"""INSERT INTO batch_footprint ({_FOOTPRINT_COLS})
+VALUES (%s, %s, %s, %s, %s, %s, {ts_sql('%s')}, {ts_sql('%s::bigint')}, %s, %s, %s, %s, %s,
+        %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+_PROVISIONAL_UPSERT = _FOOTPRINT + """
+ON CONFLICT (site, batch_id, revision) DO UPDATE SET
+    end_ts = EXCLUDED.end_ts, quantity = EXCLUDED.quantity, unit = EXCLUDED.unit,
+    declared_units = EXCLUDED.declared_units, energy = EXCLUDED.energy,
+    energy_unit = EXCLUDED.energy_unit, uncertainty = EXCLUDED.uncertainty,
+    kgco2e_location = EXCLUDED.kgco2e_location, kgco2e_market = EXCLUDED.kgco2e_market,
+    kgco2e_uncertainty = EXCLUDED.kgco2e_uncertainty,
+    per_unit_location = EXCLUDED.per_unit_location, per_unit_market = EXCLUDED.per_unit_market,
+    primary_data_share = EXCLUDED.primary_data_share, flags = EXCLUDED.flags,
+    factor_ids = EXCLUDED.factor_ids, detail = EXCLUDED.detail,
+    inputs_sha256 = EXCLUDED.inputs_sha256, computed_at = now()"""
+_METER_STATE = """INSERT INTO compute_meter_state (site, meter, carry) VALUES (%s, %s, %s)
+ON CONFLICT (site, meter) DO UPDATE SET carry = EXCLUDED.carry"""
+_SITE_STATE = """INSERT INTO compute_site_state (site, settled_until, data_now) VALUES (%s, %s, %s)
+ON CONFLICT (site) DO UPDATE SET settled_until = EXCLUDED.settled_until,
+    data_now = EXCLUDED.data_now"""
+_OFFSETS = """INSERT INTO consumer_offset (consumer_group, topic, kafka_partition, next_offset)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (consumer_group, topic, kafka_partition)
+DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"""
+
+
+def carry_json(c: MeterCarry) -> bytes:
+    return orjson.dumps({"energy": list(c.energy), "co2": list(c.co2),
+                         "power_ts": c.power_ts, "power": c.power},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def carry_from_json(raw: object) -> MeterCarry:
+    d = raw if isinstance(raw, dict) else orjson.loads(raw)  # type: ignore[arg-type]
+    return MeterCarry(kernels.CounterState(*_state(d["energy"])),
+                      kernels.CounterState(*_state(d["co2"])),
+                      int(d["power_ts"]), float(d["power"]) if d["power"] is not None
+                      else float("nan"))
+
+
+def _state(v: Sequence[object]) -> tuple[int, float, float, int]:
+    def num(x: object) -> float:
+        return float("nan") if x is None else float(x)  # type: ignore[arg-type]
+    return int(v[0]), num(v[1]), num(v[2]), int(v[3])  # type: ignore[call-overload]
+
+
+class ComputeStore:
+    """Lifecycle: construct (no I/O) → commit/restore → close."""
+
+    def __init__(self, dsn: str, group: str, connect_timeout_s: float = 5.0) -> None:
+        self.dsn = dsn
+        self.group = group
+        self.connect_timeout_s = connect_timeout_s
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    @property
+    def conn(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn, timeout_s=self.connect_timeout_s)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # ------------------------------------------------------------ offsets and ledger
+    def load_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        wanted = set(tps)
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                "SELECT topic, kafka_partition, next_offset FROM consumer_offset "
+                "WHERE consumer_group = %s", (self.group,)).fetchall()
+        return {(str(t), int(p)): int(o) for t, p, o in rows  # type: ignore[call-overload]
+                if (t, p) in wanted}
+
+    def new_frames(self, cur: psycopg.Cursor[tuple[object, ...]],
+                   frames: Sequence[FrameKey]) -> tuple[set[int], list[int]]:
+        """Record ``frames``; the indices that are new, and those that conflict (same key,
+        another body: the gateway's sequence restarted; ingest refuses them too)."""
+        if not frames:
+            return set(), []
+        cols = list(zip(*[(f.gateway, f.stream, f.seq, f.site, f.digest, f.partition, f.offset)
+                          for f in frames], strict=True))
+        cur.execute(_FRAMES, [list(c) for c in cols])
+        fresh = {(str(g), str(s), int(q)) for g, s, q in cur.fetchall()}  # type: ignore[call-overload]
+        new = {i for i, f in enumerate(frames) if (f.gateway, f.stream, f.seq) in fresh}
+        if len(new) == len(frames):
+            return new, []
+        cur.execute(_SEEN, [list(cols[0]), list(cols[1]), list(cols[2])])
+        digests = {(str(g), str(s), int(q)): bytes(d)  # type: ignore[call-overload]
+                   for g, s, q, d in cur.fetchall()}
+        conflicts = [i for i, f in enumerate(frames) if i not in new
+                     and digests.get((f.gateway, f.stream, f.seq)) != f.digest]
+        return new, conflicts
+
+    # ------------------------------------------------------------ results
+    def write(self, cur: psycopg.Cursor[tuple[object, ...]], state: SiteState,
+              out: Outcome) -> None:
+        site = state.view.model.site
+        self._intervals(cur, site, state, out)
+        for b in out.batches:
+            cur.execute(_BATCH, (site, b.batch_id, b.asset, b.product, b.start_ns, b.end_ns,
+                                 b.quantity, b.unit))
+        if out.state_changes:
+            a, t, c = zip(*out.state_changes, strict=True)
+            cur.execute(_STATES, (site, list(a), list(t), list(c)))
+        if out.allocations:
+            m, e, b_, en, r = zip(*out.allocations, strict=True)
+            cur.execute(_ALLOC, (site, list(m), list(e), list(b_), list(en), list(r)))
+        for revision, status, fp in out.footprints:
+            self._footprint(cur, state, revision, status, fp)
+        for meter, carry in state.carry.items():
+            cur.execute(_METER_STATE, (site, meter, carry_json(carry).decode()))
+        cur.execute(_SITE_STATE, (site, state.settled_until, state.data_now_ns))
+
+    def _intervals(self, cur: psycopg.Cursor[tuple[object, ...]], site: str, state: SiteState,
+                   out: Outcome) -> None:
+        cols: list[list[object]] = [[] for _ in range(11)]
+        for meter, iv in out.intervals.items():
+            n = len(iv)
+            for col, values in zip(cols, (
+                    [site] * n, [meter] * n, [state.view.carriers[meter]] * n,
+                    iv.start.tolist(), iv.end.tolist(), iv.energy.tolist(),
+                    iv.estimated.tolist(), iv.flags.tolist(), iv.p_start.tolist(),
+                    iv.p_end.tolist(), iv.co2.tolist()), strict=True):
+                col.extend(values)
+        if cols[0]:
+            cur.execute(_INTERVALS, cols)
+
+    def _footprint(self, cur: psycopg.Cursor[tuple[object, ...]], state: SiteState,
+                   revision: int, status: str, fp: Footprint) -> None:
+        b = fp.batch
+        model = state.view.model
+        units = None
+        if b.quantity is not None and b.unit and b.product in model.products:
+            try:
+                units = model.declared_units(b.product, b.quantity, b.unit)
+            except ValueError:
+                units = None
+        canonical = {c: _canonical_unit(c) for c in fp.energy}
+        detail = {"per_meter": fp.per_meter, "methods": sorted(fp.methods),
+                  "estimated": fp.estimated, "carbon_meter_kg": fp.carbon_meter_kg}
+        params = (model.site, b.batch_id, revision, status, b.asset, b.product, b.start_ns,
+                  b.end_ns, b.quantity, b.unit, units, orjson.dumps(fp.energy).decode(),
+                  orjson.dumps(canonical).decode(), orjson.dumps(fp.uncertainty).decode(),
+                  fp.kgco2e_location, fp.kgco2e_market, fp.kgco2e_uncertainty,
+                  fp.kgco2e_location / units if units else None,
+                  fp.kgco2e_market / units if units else None,
+                  fp.primary_data_share, sorted(fp.flags), fp.factor_ids,
+                  orjson.dumps(detail).decode(), fp.inputs_sha256)
+        cur.execute(_PROVISIONAL_UPSERT if status == "provisional" else _FOOTPRINT, params)
+
+    def commit(self, states: Sequence[tuple[SiteState, Outcome]], frames: Sequence[FrameKey],
+               offsets: dict[TopicPartition, int]) -> None:
+        """Everything of one micro-batch, in one transaction (frames already filtered)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            for state, out in states:
+                self.write(cur, state, out)
+            for (topic, partition), offset in sorted(offsets.items()):
+                cur.execute(_OFFSETS, (self.group, topic, partition, offset))
+
+    # ------------------------------------------------------------ restore
+    def restore(self, state: SiteState) -> None:
+        """Rebuild ``state`` from compute's tables (after a restart or reassignment)."""
+        site = state.view.model.site
+        c = self.conn
+        with c.transaction():
+            row = c.execute("SELECT settled_until, data_now FROM compute_site_state "
+                            "WHERE site = %s", (site,)).fetchone()
+            if row is None:
+                return
+            state.settled_until, state.data_now_ns = int(row[0]), int(row[1])  # type: ignore[call-overload]
+            for meter, carry in c.execute(
+                    "SELECT meter, carry FROM compute_meter_state WHERE site = %s", (site,)):
+                state.carry[str(meter)] = carry_from_json(carry)
+            self._restore_batches(state, site)
+            self._restore_intervals(state, site)
+            for asset, ts, code in c.execute(
+                    f"SELECT asset, {ns_sql('ts')}, code FROM compute_state_change "
+                    f"WHERE site = %s ORDER BY ts", (site,)):
+                state.states.setdefault(str(asset), StateChanges()).add(
+                    i64([ts]), i64([code]))
+
+    def _restore_batches(self, state: SiteState, site: str) -> None:
+        c = self.conn
+        for bid, asset, product, s, e, q, u in c.execute(
+                f"SELECT batch_id, asset, product, {ns_sql('start_ts')}, {ns_sql('end_ts')}, "
+                f"quantity, unit FROM compute_batch WHERE site = %s", (site,)):
+            state.batches[str(bid)] = Batch(str(bid), str(asset), str(product), int(s),  # type: ignore[call-overload]
+                                            None if e is None else int(e),  # type: ignore[call-overload]
+                                            q, u)  # type: ignore[arg-type]
+        for bid, rev, status, energy, kg in c.execute(
+                "SELECT batch_id, revision, status, energy, kgco2e_location "
+                "FROM batch_footprint_latest WHERE site = %s", (site,)):
+            state.stored[str(bid)] = Stored(int(rev), str(status), dict(energy), float(kg))  # type: ignore[call-overload, arg-type]
+        keep_from = state.settled_until
+        for bid in [b for b, s in state.stored.items() if s.status != "provisional"]:
+            b = state.batches.get(bid)
+            if b is not None and b.end_or_open <= keep_from:
+                del state.batches[bid]
+
+    def _restore_intervals(self, state: SiteState, site: str) -> None:
+        rows = self.conn.execute(
+            f"SELECT meter, {ns_sql('start_ts')}, {ns_sql('end_ts')}, energy, estimated, flags,"
+            f" coalesce(power_start, 'NaN'), coalesce(power_end, 'NaN'), coalesce(co2, 'NaN')"
+            f" FROM energy_interval WHERE site = %s AND end_ts > {_TS} ORDER BY meter, end_ts",
+            (site, state.settled_until)).fetchall()
+        by_meter: dict[str, list[tuple[object, ...]]] = {}
+        for r in rows:
+            by_meter.setdefault(str(r[0]), []).append(r[1:])
+        for meter, rs in by_meter.items():
+            cols = list(zip(*rs, strict=True))
+            state.series[meter] = Intervals(i64(cols[0]), i64(cols[1]), f64(cols[2]),
+                                            f64(cols[3]), i64(cols[4]), f64(cols[5]),
+                                            f64(cols[6]), f64(cols[7]))
+
+
+def _canonical_unit(carrier: str) -> str:
+    from compute.site import CANONICAL_UNIT
+    return CANONICAL_UNIT.get(carrier, "")

@@ -1,0 +1,250 @@
+"""``python -m compute``: the Kafka consumer group that allocates energy to batches live.
+
+Per micro-batch (at least every ``[compute] micro_batch_s``): poll ``readings``
+and ``batches`` (co-partitioned by site, so one worker owns all of a site),
+accept exactly what ingest accepts (:mod:`compute.intake`), skip frames already
+taken into account and refuse sequence conflicts (the frame ledger), advance
+each site's state, evaluate it, and write the results with the partitions'
+next offsets in one transaction (:mod:`compute.store`). Then every footprint
+that changed is published to the compacted ``footprints`` topic, keyed by
+``site/batch``. Kafka's own group offsets are never committed: on assignment
+the worker forgets its sites and seeks to the stored offsets; a site's state
+is restored from the database when its next message arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+
+from compute.factors_lookup import FactorBook
+from compute.intake import Accepted, accept, group_readings
+from compute.site import SiteModel
+from compute.site_state import Outcome, SiteState
+from compute.sitespec import site_view
+from compute.store import ComputeStore
+from ingest.config import ServerConfig
+from ingest.kafka_wait import wait_for_kafka
+from ingest.screen import Limits
+
+logger = logging.getLogger(__name__)
+EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01, as ingest
+
+TP = tuple[str, int]
+
+
+class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Assignment changes, taken by the poll loop (kafka-python calls back on its IO loop)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: set[TP] = set()
+        self.changed = False
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        with self.lock:
+            self.pending -= {(tp.topic, tp.partition) for tp in revoked}
+            self.changed = True
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        logger.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        with self.lock:
+            self.pending |= {(tp.topic, tp.partition) for tp in assigned}
+            self.changed = True
+
+    def take(self) -> tuple[set[TP], bool]:
+        with self.lock:
+            fresh, changed = self.pending, self.changed
+            self.pending, self.changed = set(), False
+        return fresh, changed
+
+
+class ComputeWorker:
+    """Lifecycle: construct (no I/O) → start → poll_once/run → close."""
+
+    def __init__(self, cfg: ServerConfig, models: dict[str, SiteModel],
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.cfg = cfg
+        self.models = models
+        self._keys = cfg.public_keys()
+        self._commissioning = cfg.commissioning_ns()
+        self._clock_ns = clock_ns
+        self._topics = [cfg.kafka.topic("readings"), cfg.kafka.topic("batches")]
+        self._listener = _Assignments()
+        self._stop = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self.store = ComputeStore(cfg.database.dsn.get_secret_value(), cfg.compute.group,
+                                  cfg.database.connect_timeout_s)
+        self.factors = FactorBook(self.store)
+        self.sites: dict[str, SiteState] = {}
+        self.conflicts = 0
+        self.refused = 0
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> bool:
+        if wait_for_kafka(self._connect, self.cfg.kafka, self._stop,
+                          "compute waits for the broker; SIGTERM stops it"):
+            logger.info("computing %s as group %s", self._topics, self.cfg.compute.group)
+            return True
+        return False
+
+    def _connect(self) -> None:
+        k = self.cfg.kafka
+        timeout_ms = int(k.connect_timeout_s * 1000)
+        session_ms = int(k.session_timeout_s * 1000)
+        if self._producer is None:
+            self._producer = KafkaProducer(**k.client_config(), acks="all", linger_ms=5,
+                                           client_id=f"{self.cfg.compute.group}-footprints",
+                                           bootstrap_timeout_ms=timeout_ms)
+        self._consumer = KafkaConsumer(
+            **k.client_config(), group_id=self.cfg.compute.group,
+            client_id=self.cfg.compute.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 3),
+            max_poll_records=k.max_poll_records, fetch_max_bytes=k.fetch_max_bytes,
+            max_partition_fetch_bytes=k.fetch_max_bytes, bootstrap_timeout_ms=timeout_ms)
+        self._consumer.subscribe(self._topics, listener=self._listener)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=5)
+            except KafkaError as exc:
+                logger.warning("closing the footprints producer: %s", exc)
+        self.store.close()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_once()
+
+    # ------------------------------------------------------------ one micro-batch
+    def poll_once(self) -> int:
+        assert self._consumer is not None, "start() first"
+        timeout_ms = int(self.cfg.compute.micro_batch_s * 1000)
+        polled = self._consumer.poll(timeout_ms=timeout_ms)
+        records = {(tp.topic, tp.partition): recs for tp, recs in polled.items()}
+        for tp in self._seek_new_assignments():
+            records.pop(tp, None)
+        if not records:
+            return 0
+        self._process(records)
+        return sum(map(len, records.values()))
+
+    def _seek_new_assignments(self) -> set[TP]:
+        assert self._consumer is not None
+        fresh, changed = self._listener.take()
+        if changed:
+            self.sites.clear()  # restored from the database when their data comes
+        if not fresh:
+            return fresh
+        stored = self.store.load_offsets(fresh)
+        for tp in sorted(fresh):
+            try:
+                self._consumer.seek(TopicPartition(*tp), stored.get(tp, 0))
+            except (AssertionError, ValueError) as exc:
+                logger.info("not seeking %s: %s", tp, exc)
+        return fresh
+
+    def _limits(self) -> Limits:
+        return Limits(now_ns=self._clock_ns(),
+                      future_skew_ns=int(self.cfg.limits.future_skew_s * 1e9),
+                      earliest_ns=EARLIEST_NS, commissioning_ns=self._commissioning)
+
+    def _process(self, records: dict[TP, list[Any]]) -> None:
+        limits = self._limits()
+        offsets: dict[TP, int] = {}
+        accepted: list[Accepted] = []
+        for tp, recs in records.items():
+            for rec in recs:
+                offsets[tp] = rec.offset + 1
+                got = accept(rec, self._keys, self.cfg.limits.max_frame_bytes, limits)
+                if isinstance(got, str):
+                    self.refused += 1
+                    continue
+                accepted.append(got)
+        self._commit(accepted, offsets)
+
+    def _commit(self, accepted: list[Accepted], offsets: dict[TP, int]) -> None:
+        conn = self.store.conn
+        published: list[tuple[str, bytes]] = []
+        with conn.transaction(), conn.cursor() as cur:
+            new, conflicts = self.store.new_frames(cur, [a.key for a in accepted])
+            if conflicts:
+                self.conflicts += len(conflicts)
+                logger.warning("%d frame(s) under sequence numbers already used with another "
+                               "body: not used (ingest dead-letters them as seq_conflict)",
+                               len(conflicts))
+            fresh = [a for i, a in enumerate(accepted) if i in new]
+            for site, site_in in group_readings(fresh, self.models).items():
+                state = self._site(site)
+                for ev in site_in.events:
+                    state.apply_event(*ev)
+                state.apply_readings(site_in.readings, site_in.states)
+            for state in self.sites.values():
+                out = state.evaluate()
+                if out.empty():
+                    continue
+                self.store.write(cur, state, out)
+                published.extend(_messages(state, out))
+            for (topic, partition), offset in sorted(offsets.items()):
+                cur.execute(
+                    "INSERT INTO consumer_offset (consumer_group, topic, kafka_partition, "
+                    "next_offset) VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, "
+                    "kafka_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
+                    "updated_at = now()", (self.cfg.compute.group, topic, partition, offset))
+        self._publish(published)
+
+    def _site(self, site: str) -> SiteState:
+        state = self.sites.get(site)
+        if state is None:
+            view = site_view(self.models[site], self.cfg.compute.gap_s)
+            state = SiteState(view, self.factors.lookup(self.models[site]),
+                              self.cfg.compute.gap_s)
+            self.store.restore(state)
+            self.sites[site] = state
+        return state
+
+    def _publish(self, messages: list[tuple[str, bytes]]) -> None:
+        if not messages or self._producer is None:
+            return
+        topic = self.cfg.kafka.topic("footprints")
+        for key, value in messages:
+            self._producer.send(topic, key=key.encode(), value=value)
+        self._producer.flush(timeout=10)
+
+
+def _messages(state: SiteState, out: Outcome) -> list[tuple[str, bytes]]:
+    site = state.view.model.site
+    return [(f"{site}/{fp.batch.batch_id}", orjson.dumps({
+        "site": site, "batch_id": fp.batch.batch_id, "revision": rev, "status": status,
+        "product": fp.batch.product, "energy": fp.energy, "uncertainty": fp.uncertainty,
+        "kgco2e_location": fp.kgco2e_location, "kgco2e_market": fp.kgco2e_market,
+        "primary_data_share": fp.primary_data_share, "flags": sorted(fp.flags),
+        "inputs_sha256": fp.inputs_sha256})) for rev, status, fp in out.footprints]
+
+
+def run_worker(cfg: ServerConfig, models: dict[str, SiteModel]) -> None:
+    """The process: signals, the poll loop, a clean close."""
+    worker = ComputeWorker(cfg, models)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    try:
+        if worker.start():
+            worker.run()
+    finally:
+        worker.close()
