@@ -12,6 +12,8 @@ from pathlib import Path
 
 from edge import wire
 from edge.config import AgentConfig, ConfigError, load_config
+from edge.errors import AgentError, StartError
+from edge.logs import EDGE_LIBRARIES, configure_logging
 
 logger = logging.getLogger("edge")
 
@@ -26,6 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="write a new Ed25519 signing key to signing_key (never overwrites) "
                            "and print its public key for the server's gateway list")
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--verbose", action="store_true",
+                    help="also log what asyncua, kafka-python and pymodbus say (off by default)")
     return ap.parse_args(argv)
 
 
@@ -70,11 +74,7 @@ async def run_agent(config: AgentConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we log per meter ourselves
+    configure_logging(args.log_level, verbose=args.verbose, libraries=EDGE_LIBRARIES)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -86,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         from edge.check import check
 
         return check(config)
-    from edge.agent import AgentError
-
     try:
         asyncio.run(run_agent(config))
-    except AgentError as exc:
+    except StartError as exc:  # one line naming the key, for whoever started the agent
+        print(f"edge: {exc}", file=sys.stderr)
+        return 1
+    except AgentError as exc:  # a loop died while running: logged like everything else
         logger.error("%s", exc)
         return 1
     return 0

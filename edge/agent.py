@@ -7,7 +7,10 @@
     OPC UA batch events ─► pending events ───┘    (seq assigned, durable)  └─► MQTT
 
 * constructor: validates (config, signing key, outputs); touches no network;
-* ``start``: opens the spool, starts outputs, metrics, pollers and the loops;
+* ``start``: takes the spool, checks the outputs' host names, serves metrics
+  (each fatal as one ``edge.errors.StartError`` naming its key), then starts
+  the inputs and the loops; the outputs connect in the forwarding task, so a
+  broker that is down never delays the first poll cycles;
 * ``close``: always runs; stops the inputs, spools what was already read (so a
   clean stop loses nothing), lets the forwarder drain briefly, closes all.
 
@@ -21,31 +24,64 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge import metrics, wire
+from edge import errors, metrics, wire
 from edge.clock import GatewayClock, ScaledClock, gateway_clock
 from edge.config import AgentConfig
+from edge.errors import AgentError, StartError
 from edge.forward import ForwardConfig, Forwarder, Publisher
 from edge.framing import Columns, OverBudget, emit_within_budget, frame_budget, frame_columns
 from edge.modbus import ModbusPoller, PollResult
+from edge.opcua import OpcUaSubscriber
 from edge.spool import Spool
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Agent", "AgentError", "AgentTasks", "Input", "StartError", "default_publishers"]
 
 MAX_PENDING_READINGS: Final = 200_000  # OPC UA notifications waiting for the next frame
 DRAIN_ON_CLOSE_S: Final = 3.0
 
 
-class AgentError(RuntimeError):
-    """The agent cannot start or run (bad key, no output, a loop that died)."""
+class Input(Protocol):
+    """A source of readings or batch events (beside ``edge.forward.Publisher``, the outputs).
+
+    Built by the agent with its sinks; ``start`` never fails for the device's
+    sake (a meter or server that is down is retried by ``run``); ``run`` goes on
+    until cancelled; ``close`` always runs.
+    """
+
+    @property
+    def name(self) -> str: ...  # the meter or server, for task names and logs
+
+    async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class AgentTasks:
+    """The agent's running loops, held by role: closing stops inputs, then frames, then
+    forwarding (so what was read is spooled and sent before the outputs close)."""
+
+    inputs: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # label -> task
+    frames: asyncio.Task[None] | None = None
+    forward: asyncio.Task[None] | None = None
+
+    def running(self) -> list[asyncio.Task[None]]:
+        loops = [self.frames, self.forward]
+        return [*self.inputs.values(), *(t for t in loops if t is not None)]
 
 
 def default_publishers(config: AgentConfig) -> list[Publisher]:
-    """The outputs named in the config (imported lazily: a site may lack one library)."""
+    """The outputs named in the config (imported lazily: a site needs only its own)."""
     out: list[Publisher] = []
     if config.outputs.kafka is not None:
         from edge.publish_kafka import KafkaPublisher
@@ -56,6 +92,16 @@ def default_publishers(config: AgentConfig) -> list[Publisher]:
 
         out.append(MqttPublisher(config.outputs.mqtt, config.site, config.gateway))
     return out
+
+
+def check_output_hosts(config: AgentConfig) -> None:
+    """StartError if an output's host name does not exist (blocking: DNS)."""
+    if config.outputs.kafka is not None:
+        for host, port in config.outputs.kafka.bootstrap_addresses():
+            errors.check_host("[outputs.kafka] bootstrap_servers", host, port)
+    if config.outputs.mqtt is not None:
+        mqtt = config.outputs.mqtt
+        errors.check_host("[outputs.mqtt] url", mqtt.host, mqtt.port)
 
 
 class Agent:
@@ -75,22 +121,23 @@ class Agent:
         # gateway time for readings without a device clock and for each frame's sent_ns
         self.clock = clock if clock is not None else gateway_clock(config.clock)
         if signing_key is None:
-            try:
-                signing_key = wire.load_private_key(config.signing_key)
-            except ValueError as exc:
-                raise AgentError(f"gateway {config.gateway}: {exc}") from exc
+            signing_key = errors.load_signing_key(config.signing_key)
         self._key = signing_key
         self._publishers = list(publishers) if publishers is not None else None
         self._forward_config = forward_config
         if self._publishers is None and not config.has_output:
-            raise AgentError(f"gateway {config.gateway}: no [outputs.kafka] or [outputs.mqtt]")
-        self.pollers = [ModbusPoller(d, self.clock) for d in config.modbus]
+            raise StartError("[outputs]", "no [outputs.kafka] or [outputs.mqtt] configured")
+        self.pollers = [ModbusPoller(d, self.clock, self.on_poll) for d in config.modbus]
+        self.subscribers = [
+            OpcUaSubscriber(s, self.on_readings, self.on_batch_events, clock=self.clock.now_ns)
+            for s in config.opcua
+        ]
         intervals = [d.poll_interval_s for d in config.modbus]
         self.frame_interval_s = frame_interval_s or min(intervals, default=1.0)
         self._results: deque[PollResult] = deque()
         self._readings: deque[wire.Reading] = deque()
         self._events: deque[wire.BatchEvent] = deque()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks = AgentTasks()
         self._flush_lock = asyncio.Lock()
         self.spool: Spool | None = None
         self.forwarder: Forwarder | None = None
@@ -98,6 +145,12 @@ class Agent:
         self._closers: list[Callable[[], Any]] = []
         # largest encoded readings frame every output takes (set at start from the outputs)
         self.frame_budget = frame_budget([config.spool.max_bytes])
+
+    @property
+    def inputs(self) -> list[tuple[str, Input]]:
+        """Every input with its label (``modbus M-INC``, ``opcua plc1``)."""
+        return [*((f"modbus {p.name}", p) for p in self.pollers),
+                *((f"opcua {s.name}", s) for s in self.subscribers)]
 
     # ------------------------------------------------------------------ inputs
 
@@ -134,68 +187,62 @@ class Agent:
     # --------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        """Take the local resources, then run; see ``edge.errors`` for what is fatal.
+
+        Everything that can fail for good (spool, output host names, metrics port)
+        is taken before anything is polled or logged, so a bad start is one
+        StartError. The outputs connect in the forwarding task, not here: a broker
+        that is down at start delays nothing, the first cycles go to the spool.
+        """
         cfg = self.config
-        self.spool = await asyncio.to_thread(Spool, cfg.spool, cfg.gateway)
+        self.spool = await asyncio.to_thread(errors.open_spool, cfg.spool, cfg.gateway)
         self._closers.append(self.spool.close)
+        if self._publishers is None:
+            await asyncio.to_thread(check_output_hosts, cfg)
         publishers = self._publishers if self._publishers is not None else default_publishers(cfg)
-        for pub in publishers:
-            await pub.start()
-            self._closers.append(pub.close)
+        if cfg.metrics_port is not None:
+            self._metrics = errors.serve_metrics(cfg.metrics_port, cfg.metrics.addr)
+            self._closers.append(self._metrics.close)
+        self._closers.extend(p.close for p in publishers)
         self.forwarder = Forwarder(self.spool, publishers, self._forward_config)
         self.frame_budget = frame_budget(
-            [cfg.spool.max_bytes, *(getattr(p, "max_frame_bytes", None) for p in publishers)]
+            [cfg.spool.max_bytes, *(p.max_frame_bytes for p in publishers)]
         )
-        if cfg.metrics_port is not None:
-            self._metrics = metrics.serve_metrics(cfg.metrics_port, cfg.metrics.addr)
-            self._closers.append(self._metrics.close)
-        await self._start_subscribers()
-        await asyncio.gather(*(p.start() for p in self.pollers))
-        for p in self.pollers:
-            self._closers.append(p.close)
-            self._spawn(p.run(self.on_poll), f"poll {p.meter}")
-        self._spawn(self._frame_loop(), "frames")
-        self._spawn(self.forwarder.run(), "forward")
+        self.tasks.forward = self._spawn(self._forward(publishers), "forward")
+        self.tasks.frames = self._spawn(self._frame_loop(), "frames")
+        await self._start_inputs()
         if isinstance(self.clock, ScaledClock):
             logger.warning(
                 "gateway %s: stamping SIMULATED time (%r); for simulator drills only",
                 cfg.gateway, self.clock,
             )
         logger.info(
-            "gateway %s (site %s): %s Modbus meters, %s points, frames every %.3g s",
-            cfg.gateway, cfg.site, len(self.pollers), sum(p.points for p in self.pollers),
-            self.frame_interval_s,
+            "gateway %s (site %s): %s Modbus meters, %s points, %s OPC UA servers, "
+            "frames every %.3g s", cfg.gateway, cfg.site, len(self.pollers),
+            sum(p.points for p in self.pollers), len(self.subscribers), self.frame_interval_s,
         )
 
-    async def _start_subscribers(self) -> None:
-        """OPC UA subscribers (edge.opcua): data changes and MES batch events into frames.
+    async def _start_inputs(self) -> None:
+        """Every input started concurrently (a first Modbus connect), then run in its task."""
+        inputs = self.inputs
+        self._closers.extend(inp.close for _, inp in inputs)
+        await asyncio.gather(*(inp.start() for _, inp in inputs))
+        for label, inp in inputs:
+            self.tasks.inputs[label] = self._spawn(inp.run(), label)
 
-        ``OpcUaSubscriber(server, on_readings, on_batch_events, clock=)`` (the gateway clock
-        stamps only values that carry no timestamp); ``run`` keeps a session
-        up until cancelled (it reconnects itself); ``start``/``close`` are used if present.
-        """
-        if not self.config.opcua:
-            return
-        try:
-            from edge.opcua import OpcUaSubscriber  # type: ignore[attr-defined,unused-ignore]
-        except ImportError as exc:
-            raise AgentError(
-                f"gateway {self.config.gateway}: [[opcua]] configured but edge.opcua is missing"
-            ) from exc
-        for server in self.config.opcua:
-            sub: Any = OpcUaSubscriber(server, self.on_readings, self.on_batch_events,
-                                       clock=self.clock.now_ns)
-            if hasattr(sub, "start"):
-                await sub.start()
-            if hasattr(sub, "close"):
-                self._closers.append(sub.close)
-            self._spawn(sub.run(), f"opcua {getattr(server, 'name', '?')}")
+    async def _forward(self, publishers: Sequence[Publisher]) -> None:
+        """Connect the outputs (each says itself when it cannot yet), then forward."""
+        await asyncio.gather(*(_start_output(p, self.config.gateway) for p in publishers))
+        assert self.forwarder is not None
+        await self.forwarder.run()
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=f"{self.config.gateway} {name}"))
+    def _spawn(self, coro: Coroutine[Any, Any, None], label: str) -> asyncio.Task[None]:
+        return asyncio.create_task(coro, name=f"{self.config.gateway} {label}")
 
     async def wait(self) -> None:
         """Until cancelled; a loop that dies raises AgentError here."""
-        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        done, _ = await asyncio.wait(self.tasks.running(),
+                                     return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             exc = task.exception()
             if exc is not None:
@@ -204,23 +251,22 @@ class Agent:
 
     async def close(self) -> None:
         """Stop inputs, spool what was read, drain briefly, close everything (idempotent)."""
-        inputs = [t for t in self._tasks if not t.get_name().endswith(("frames", "forward"))]
-        await _cancel(inputs)
-        await _cancel([t for t in self._tasks if t.get_name().endswith("frames")])
+        tasks, self.tasks = self.tasks, AgentTasks()
+        await _cancel(list(tasks.inputs.values()))
+        await _cancel([tasks.frames] if tasks.frames is not None else [])
         if self.spool is not None:
             with contextlib.suppress(Exception):
                 await self.flush()
-        forward = [t for t in self._tasks if t.get_name().endswith("forward")]
-        if self.forwarder is not None and forward and not forward[0].done():
+        forward = tasks.forward
+        if self.forwarder is not None and forward is not None and not forward.done():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_ON_CLOSE_S):
                     await self.forwarder.drained()
-        await _cancel(forward)
-        self._tasks.clear()
+        await _cancel([forward] if forward is not None else [])
         for closer in reversed(self._closers):
             try:
                 result = closer()
-                if asyncio.iscoroutine(result):
+                if isinstance(result, Awaitable):
                     await result
             except Exception:
                 logger.exception("gateway %s: error while closing", self.config.gateway)
@@ -295,6 +341,15 @@ class Agent:
         seq = await asyncio.to_thread(self.spool.append, "batches", encode)
         metrics.FRAMES_SPOOLED.labels(stream="batches").inc()
         return seq
+
+
+async def _start_output(publisher: Publisher, gateway: str) -> None:
+    """``publisher.start()``; a failure is logged, ``publish`` connects again later."""
+    try:
+        await publisher.start()
+    except Exception:  # a publisher bug must not stop forwarding: publish() retries
+        logger.exception("gateway %s: output %s failed to start (a bug: please report it); "
+                         "forwarding retries it", gateway, publisher.name)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:

@@ -19,7 +19,7 @@ from asyncua import ua
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
 
-from edge.opcua import OpcUaError, new_client, resolve_node
+from edge.opcua import OpcUaError, describe_error, new_client, resolve_node, status_name
 from edge.opcua_config import OpcUaServer
 from edge.opcua_values import numeric, quality_of
 
@@ -64,7 +64,7 @@ def row_of(want: _Wanted, dv: ua.DataValue) -> NodeRow:
     status = dv.StatusCode
     quality = quality_of(status)
     if quality == "bad":
-        name = status.name if status is not None else "bad"
+        name = status_name(status) if status is not None else "bad"
         return NodeRow(want.meter, want.point, want.node, None, want.unit, f"bad: {name}")
     value = numeric(raw)
     if value is None:
@@ -82,7 +82,7 @@ async def _read_all(server: OpcUaServer, wanted: list[_Wanted]) -> tuple[list[No
         async with asyncio.timeout(server.timeout_s * 3):
             await client.connect()
     except (OSError, TimeoutError, UaError) as exc:
-        msg = f"opcua {server.name} at {server.endpoint}: cannot connect: {exc!r}"
+        msg = f"opcua {server.name} at {server.endpoint}: cannot connect: {describe_error(exc)}"
         return _failed(wanted, "connect"), [msg]
     try:
         namespaces = await client.get_namespace_array()
@@ -112,7 +112,9 @@ async def check_server(server: OpcUaServer) -> tuple[list[NodeRow], list[str]]:
     except OpcUaError as exc:
         return _failed(wanted, "security"), [str(exc)]
     except (OSError, TimeoutError, UaError) as exc:
-        return _failed(wanted, "read"), [f"opcua {server.name}: read failed: {exc!r}"]
+        return _failed(wanted, "read"), [
+            f"opcua {server.name}: read failed: {describe_error(exc)}"
+        ]
 
 
 async def run_opcua_check(servers: Sequence[OpcUaServer]) -> tuple[list[NodeRow], list[str]]:

@@ -2,8 +2,9 @@
 
 ``Forwarder.run`` peeks the oldest frames, publishes them to each output in
 order, and acks them in the spool only when *every* output acknowledged them.
-A failing output is retried with capped exponential backoff (with jitter) and
-the same frames, so order is kept; an output that already took a batch is not
+A failing output is retried with the same frames, so order is kept, after a
+capped exponential backoff with jitter (``edge.backoff``; it starts over after
+every batch that got through). An output that already took a batch is not
 sent it again while another output is being retried (in this process; after a
 restart everything unacked is re-sent: at-least-once, ingest deduplicates by
 (gateway, stream, seq)).
@@ -14,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from edge import metrics
+from edge.backoff import Backoff
 from edge.spool import Spool, SpooledMessage
 
 logger = logging.getLogger(__name__)
@@ -31,9 +32,17 @@ class PublishError(RuntimeError):
 
 
 class Publisher(Protocol):
-    """An output: ``publish`` returns only when every frame is acknowledged."""
+    """An output: ``publish`` returns only when every frame is acknowledged.
+
+    ``start`` may connect but never fails for the broker's sake (``publish``
+    connects again); ``max_frame_bytes`` is the largest frame it can carry
+    (None: no limit of its own), so the agent splits frames to fit.
+    """
 
     name: str
+
+    @property
+    def max_frame_bytes(self) -> int | None: ...
 
     async def start(self) -> None: ...
 
@@ -89,16 +98,6 @@ class ForwardConfig:
     idle_poll_s: float = 0.5  # re-check the spool this often even without notify()
 
 
-def backoff_delays(initial: float, cap: float, jitter: float = 0.2) -> Sequence[float]:
-    """The first 64 delays of a capped exponential backoff with ±jitter (pure)."""
-    out = []
-    delay = initial
-    for _ in range(64):
-        out.append(min(cap, delay) * (1 + random.uniform(-jitter, jitter)))
-        delay *= 2
-    return out
-
-
 class Forwarder:
     """Drains one spool to its outputs, in order, acking after all outputs acked."""
 
@@ -114,6 +113,7 @@ class Forwarder:
         self._empty = asyncio.Event()  # set while the run loop finds nothing to send
         # spool id up to which each output has acknowledged (this process only)
         self._sent_upto: dict[str, int] = {p.name: 0 for p in self.publishers}
+        self._backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         self.failures = 0
 
     def notify(self) -> None:
@@ -147,12 +147,11 @@ class Forwarder:
         self._export_spool_gauges()
         if not msgs:
             return 0
-        delays = iter(backoff_delays(self.config.backoff_initial_s, self.config.backoff_max_s))
         while not await self._publish_everywhere(msgs):
             self.failures += 1
-            delay = next(delays, self.config.backoff_max_s)
             self._export_spool_gauges()
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._backoff.next_delay())
+        self._backoff.reset()
         await asyncio.to_thread(self.spool.ack, [m.id for m in msgs])
         self._export_spool_gauges()
         return len(msgs)

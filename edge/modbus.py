@@ -11,9 +11,10 @@ each. Errors are handled by kind, as in Telegraf and pymodbus:
 * any other exception response is data: that block's points are missing this
   cycle, the connection stays;
 * a timeout or a lost connection closes the client; the next cycle reconnects,
-  and failed connects back off exponentially up to ``reconnect_delay_max_s``
-  (cycles in between are skipped, not queued), so a dead meter costs the
-  others nothing: every poller runs in its own task on its own schedule.
+  and failed connects back off (``edge.backoff``: from ``reconnect_delay_s``,
+  doubling up to ``reconnect_delay_max_s``, equal jitter; cycles in between are
+  skipped, not queued), so a dead meter costs the others nothing: every poller
+  runs in its own task on its own schedule.
 
 Readings are stamped with the gateway time their request was sent (the
 agent's :class:`~edge.clock.GatewayClock`, system time unless a simulator drill
@@ -38,6 +39,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from edge import metrics
+from edge.backoff import Backoff
 from edge.clock import GatewayClock, SystemClock
 from edge.config import ModbusDevice
 from edge.profiles import PointSpec
@@ -177,15 +179,25 @@ def device_clock_ns(result: PollResult) -> int | None:
 class ModbusPoller:
     """Polls one meter on its own schedule; see the module docstring for error handling."""
 
-    def __init__(self, device: ModbusDevice, clock: GatewayClock | None = None) -> None:
+    def __init__(
+        self,
+        device: ModbusDevice,
+        clock: GatewayClock | None = None,
+        sink: Callable[[PollResult], None] | None = None,
+    ) -> None:
         self.device = device
         self.meter = device.meter
         self.clock: GatewayClock = clock if clock is not None else SystemClock()
+        self.sink = sink  # where ``run`` hands each cycle's result (the agent's on_poll)
         self.plan = build_plan(device)
         self._client: AsyncModbusTcpClient | None = None
-        self._delay = device.reconnect_delay_s
+        self.backoff = Backoff(device.reconnect_delay_s, device.reconnect_delay_max_s)
         self._next_connect = 0.0  # monotonic time of the next allowed connect attempt
         self.connects = 0
+
+    @property
+    def name(self) -> str:
+        return self.meter
 
     @property
     def points(self) -> int:
@@ -225,15 +237,15 @@ class ModbusPoller:
         metrics.RECONNECTS.labels(meter=self.meter).inc()
         if not await client.connect():
             client.close()
-            self._next_connect = time.monotonic() + self._delay
-            delay = self._delay
-            self._delay = min(delay * 2, self.device.reconnect_delay_max_s)
+            delay = self.backoff.next_delay()
+            self._next_connect = time.monotonic() + delay
             raise ModbusPollError(
                 self.meter, "connect",
                 f"cannot connect to {self._endpoint}, next try in {delay:.1f} s",
             )
         _set_nodelay(client)
-        self._client, self._delay = client, self.device.reconnect_delay_s
+        self._client = client
+        self.backoff.reset()
         if self.device.workarounds.pause_after_connect_s:
             await asyncio.sleep(self.device.workarounds.pause_after_connect_s)
         logger.info("meter %s: connected to %s", self.meter, self._endpoint)
@@ -315,8 +327,14 @@ class ModbusPoller:
         if self.device.workarounds.close_after_poll:
             self._drop_client()
 
-    async def run(self, sink: Callable[[PollResult], None]) -> None:
-        """Poll every ``poll_interval_s`` on a drift-free schedule until cancelled."""
+    async def run(self, sink: Callable[[PollResult], None] | None = None) -> None:
+        """Poll every ``poll_interval_s`` on a drift-free schedule until cancelled.
+
+        Each result goes to ``sink``, else to the one given to the constructor.
+        """
+        sink = sink or self.sink
+        if sink is None:
+            raise ValueError(f"meter {self.meter}: run() needs a sink for its poll results")
         interval = self.device.poll_interval_s
         loop = asyncio.get_running_loop()
         due = loop.time()

@@ -5,8 +5,9 @@ supervisor: it opens a fresh asyncua ``Client`` (security set up again, since a
 restarted server may present a new certificate), resolves node ids (``nsu=``
 namespace URIs are looked up on every session, since indexes may move), creates
 one subscription with all monitored items and waits until the session is lost;
-then it backs off (capped exponential) and starts over, so subscriptions come
-back by themselves after a server restart.
+then it backs off (``edge.backoff``: capped exponential with jitter) and starts
+over, so subscriptions come back by themselves after a server restart. Server
+status codes are logged by name (``BadNodeIdUnknown``) with the configured node.
 
 Data changes are not dispatched one task per item as asyncua's handler mode
 does: the subscription's publish callback turns each notification message into
@@ -31,18 +32,18 @@ from asyncua.client.client import Client
 from asyncua.common.subscription import Subscription
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from edge import metrics, wire
-from edge.forward import backoff_delays
+from edge.backoff import Backoff
 from edge.opcua_config import MesAsset, MonitoredNode, OpcUaServer, split_node_ref
 from edge.opcua_values import BATCH_SLOT_FIELDS, batch_events_of_slot, readings_of_items
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MesAsset", "MonitoredNode", "OpcUaError", "OpcUaServer", "OpcUaSubscriber", "new_client",
-    "resolve_node",
+    "MesAsset", "MonitoredNode", "OpcUaError", "OpcUaServer", "OpcUaSubscriber",
+    "describe_error", "new_client", "resolve_node", "status_name",
 ]
 
 ReadingsSink = Callable[[list[wire.Reading]], None]
@@ -111,6 +112,7 @@ class OpcUaSubscriber:
         self.sessions = 0  # sessions that got their subscription created
         self._points: dict[int, tuple[str, str, str]] = {}
         self._slots: dict[int, _Slot] = {}
+        self._refs: list[str] = []
         self._emitted: dict[tuple[str, int], tuple[str, str]] = {}  # (asset, handle) -> last
         # overflow policy: drop the newest change, logged and counted
         self._slot_changes: asyncio.Queue[tuple[int, bool]] = asyncio.Queue(
@@ -123,20 +125,28 @@ class OpcUaSubscriber:
     def name(self) -> str:
         return self.config.name
 
+    async def start(self) -> None:
+        """Nothing to take before ``run``: the session is opened (and retried) there."""
+
+    async def close(self) -> None:
+        """Nothing to release: cancelling ``run`` disconnects the session."""
+
     async def run(self) -> None:
         """Keep a session with subscriptions up until cancelled."""
         cfg = self.config
-        delays = iter(backoff_delays(cfg.reconnect_initial_s, cfg.reconnect_max_s))
+        backoff = Backoff(cfg.reconnect_initial_s, max(cfg.reconnect_max_s,
+                                                       cfg.reconnect_initial_s))
         while True:
             before = self.sessions
             try:
                 await self._session()
             except (OSError, TimeoutError, UaError, OpcUaError) as exc:
-                logger.warning("opcua %s at %s: session failed: %r", cfg.name, cfg.endpoint, exc)
+                logger.warning("opcua %s at %s: session failed: %s", cfg.name, cfg.endpoint,
+                               describe_error(exc))
             if self.sessions > before:  # it was up: start the backoff over
                 metrics.OPCUA_RECONNECTS.labels(server=cfg.name).inc()
-                delays = iter(backoff_delays(cfg.reconnect_initial_s, cfg.reconnect_max_s))
-            await asyncio.sleep(next(delays, cfg.reconnect_max_s))
+                backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
 
     # ----------------------------------------------------------------- session
 
@@ -184,12 +194,13 @@ class OpcUaSubscriber:
         return client
 
     async def _connection_lost(self, exc: Exception) -> None:
-        logger.warning("opcua %s: connection lost: %r", self.name, exc)
+        logger.warning("opcua %s: connection lost: %s", self.name, describe_error(exc))
         self._lost.set()
 
     def _status_changed(self, status: ua.StatusChangeNotification) -> None:
         if not status.Status.is_good():
-            logger.warning("opcua %s: subscription status %s", self.name, status.Status)
+            logger.warning("opcua %s: subscription status %s", self.name,
+                           status_name(status.Status))
             self._lost.set()
 
     async def _subscribe(self, client: Client) -> Subscription:
@@ -206,10 +217,11 @@ class OpcUaSubscriber:
                                      self._status_changed)
         await sub.init()
         results = await sub.create_monitored_items(requests)
-        bad = [(r.ItemToMonitor.NodeId, res) for r, res in zip(requests, results, strict=True)
+        bad = [(ref, res) for ref, res in zip(self._refs, results, strict=True)
                if isinstance(res, ua.StatusCode)]
-        for node, status in bad:
-            logger.warning("opcua %s: cannot monitor %s: %s", self.name, node, status)
+        for ref, status in bad:
+            logger.warning("opcua %s: cannot monitor node %s: %s", self.name, ref,
+                           status_name(status))
         if len(bad) == len(requests):
             raise OpcUaError(f"opcua {cfg.name}: no configured node could be monitored")
         return sub
@@ -218,16 +230,19 @@ class OpcUaSubscriber:
         """Monitored items with our own client handles (points first, then MES nodes)."""
         self._points.clear()
         self._slots.clear()
+        self._refs.clear()  # the configured reference of each request, for messages
         out: list[ua.MonitoredItemCreateRequest] = []
         for node in self.config.nodes:
             handle = len(out) + 1
             self._points[handle] = (node.meter, node.channel, node.unit)
+            self._refs.append(node.node)
             out.append(_item_request(self._node_id(node.node, namespaces), handle,
                                      node.sampling_interval_ms, _deadband(node), 1))
         for asset in self.config.mes:
             if asset.state is not None:
                 handle = len(out) + 1
                 self._points[handle] = (asset.asset, "state", "state")
+                self._refs.append(asset.state)
                 out.append(_item_request(self._node_id(asset.state, namespaces), handle,
                                          asset.sampling_interval_ms, None, 10))
             for prefix in asset.slots:
@@ -235,6 +250,7 @@ class OpcUaSubscriber:
                 fields = tuple(self._node_id(f"{prefix}.{f}", namespaces)
                                for f in BATCH_SLOT_FIELDS)
                 self._slots[handle] = _Slot(asset.asset, fields)
+                self._refs.append(f"{prefix}.Running")
                 running = self._node_id(f"{prefix}.Running", namespaces)
                 out.append(_item_request(running, handle, asset.sampling_interval_ms, None, 10))
         return out
@@ -316,8 +332,44 @@ async def new_client(cfg: OpcUaServer) -> Client:
                 mode=_MODES[cfg.security_mode],
             )
         except (OSError, ValueError, UaError) as exc:
-            raise OpcUaError(f"opcua {cfg.name}: security setup failed: {exc!r}") from exc
+            raise OpcUaError(
+                f"opcua {cfg.name}: security setup failed: {describe_error(exc)}"
+            ) from exc
     return client
+
+
+def status_name(status: ua.StatusCode | int) -> str:
+    """An OPC UA status code by name (``BadNodeIdUnknown``), not a number or a repr.
+
+    The low 16 bits are info bits (overflow, limits): the name is the code's
+    without them. A code outside the standard table (a vendor's) is its
+    severity and hex value, e.g. ``Bad 0x80AB0000``.
+    """
+    value = status.value if isinstance(status, ua.StatusCode) else int(status)
+    code = value & 0xFFFF0000
+    name, _doc = ua.status_codes.get_name_and_doc(code)
+    if code in ua.status_codes.code_to_name_doc:
+        return str(name)
+    return f"{name} 0x{value:08X}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error as one readable line: a server's status code by name, then its meaning.
+
+    asyncua raises ``UaStatusCodeError`` subclasses whose ``repr`` is only the
+    class (``BadNodeIdUnknown(None)``) and whose text ends in the name; others
+    keep their type, so a bare ``TimeoutError()`` still says what happened.
+    """
+    if isinstance(exc, UaStatusCodeError):
+        code = exc.code & 0xFFFF0000
+        if code not in ua.status_codes.code_to_name_doc:
+            return status_name(exc.code)
+        _name, doc = ua.status_codes.get_name_and_doc(code)
+        return f"{status_name(code)} ({doc.rstrip('.')})"
+    text = str(exc)
+    if isinstance(exc, OpcUaError):  # ours: the text already names server and endpoint
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def resolve_node(ref: str, namespaces: list[str], server: str) -> ua.NodeId:

@@ -23,6 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
+from edge.logs import INGEST_LIBRARIES, configure_logging
 from ingest.config import ServerConfig, load_config
 from ingest.errors import IngestError
 
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="server TOML (see deploy/server/server.toml)")
     p.add_argument("--dsn", help="database DSN for migrate/refresh (overrides config)")
     p.add_argument("--log-level", default=os.environ.get("PLANTPRINT_LOG", "INFO"))
+    p.add_argument("--verbose", action="store_true",
+                   help="also log kafka-python's connection lines (off by default)")
     return p
 
 
@@ -109,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in OPERATOR_COMMANDS:
         return _operator_command(argv[0], argv[1:])
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, verbose=args.verbose, libraries=INGEST_LIBRARIES)
     try:
         _run(args)
     except IngestError as exc:
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _operator_command(command: str, argv: list[str]) -> int:
-    logging.basicConfig(level=os.environ.get("PLANTPRINT_LOG", "WARNING").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(os.environ.get("PLANTPRINT_LOG", "WARNING"), verbose=False,
+                      libraries=INGEST_LIBRARIES)
     if command == "dlq":
         from ingest.ops_dlq_cli import main as dlq_main
 

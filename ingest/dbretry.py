@@ -34,6 +34,7 @@ from typing import Literal, Protocol
 
 import psycopg
 
+from edge.backoff import Backoff
 from ingest import metrics
 from ingest.db import describe_dsn
 from ingest.errors import StoreError, StoreUnavailable
@@ -45,6 +46,7 @@ CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 _DATA_CLASSES = frozenset({"22", "23", "54"})
 _CONNECTION_STATES = frozenset({"57P01", "57P02", "57P03", "55P03"})
 _REMIND_EVERY_S = 60.0
+FIRST_DELAY_S = 0.1  # the first retry's ceiling; doubles up to [database] reconnect_max_s
 
 
 class Closable(Protocol):
@@ -105,10 +107,11 @@ def with_reconnect(store: Closable, action: Callable[[], object], *, dsn: str,
     """Run ``action`` until it succeeds or fails for the data's sake.
 
     Connection and environment errors are retried with capped exponential backoff
-    (reconnecting each time); when ``stopping`` meanwhile, StoreUnavailable.
-    Data errors raise StoreError (the caller isolates the message at fault).
+    (``edge.backoff``, reconnecting each time); when ``stopping`` meanwhile,
+    StoreUnavailable. Data errors raise StoreError (the caller isolates the
+    message at fault).
     """
-    delay = 0.1
+    backoff = Backoff(FIRST_DELAY_S, max(max_backoff_s, FIRST_DELAY_S))
     refusals = _Refusals(describe_dsn(dsn))
     while True:
         try:
@@ -124,6 +127,7 @@ def with_reconnect(store: Closable, action: Callable[[], object], *, dsn: str,
                     f"database {describe_dsn(dsn)} {what} while stopping "
                     f"(SQLSTATE {exc.sqlstate or '-'}): {first_line(exc)}; nothing was lost"
                 ) from exc
+            delay = backoff.next_delay()
             if kind == "connection":
                 logger.warning("database unavailable (%s); retrying in %.1f s",
                                first_line(exc), delay)
@@ -131,7 +135,6 @@ def with_reconnect(store: Closable, action: Callable[[], object], *, dsn: str,
                 refusals.report(exc, max_backoff_s)
             on_retry()
             time.sleep(delay)
-            delay = min(delay * 2, max_backoff_s)
             continue
         refusals.resolved()
         return result

@@ -2,7 +2,8 @@
 
 A site powers up in any order: rather than exit with a traceback, the process
 logs one line per attempt naming the bootstrap servers and retries with capped
-exponential backoff until the broker answers or it is asked to stop.
+exponential backoff (``edge.backoff``) until the broker answers or it is asked
+to stop.
 
 Over TLS, kafka-python reports a refused handshake (wrong CA, certificate
 required, host name) only as "Unable to bootstrap"; after such a failure the
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+from edge.backoff import Backoff
 from edge.tls import first_tls_problem
 from ingest import metrics
 from ingest.config import KafkaConfig
@@ -58,13 +60,15 @@ def wait_for_kafka(
     True once connected; False if ``stop`` was set meanwhile. ``consequence``
     tells the operator what waits meanwhile (it ends the log line).
     """
-    delay, attempt = FIRST_DELAY_S, 0
+    backoff = Backoff(FIRST_DELAY_S, max(kafka.reconnect_max_s, FIRST_DELAY_S))
     while not stop.is_set():
         try:
-            with kafka_library_quiet(attempt > 0):  # its detail once, not on every retry
+            # its detail once, not on every retry
+            with kafka_library_quiet(backoff.attempts > 0):
                 connect()
             return True
         except UNREACHABLE as exc:
+            delay = backoff.next_delay()
             problem = tls_problem(kafka)
             if problem is None:
                 logger.error(
@@ -77,5 +81,4 @@ def wait_for_kafka(
                     kafka.servers, problem, delay, consequence)
             metrics.KAFKA_CONNECT_RETRIES.inc()
             stop.wait(delay)
-            delay, attempt = min(delay * 2, kafka.reconnect_max_s), attempt + 1
     return False

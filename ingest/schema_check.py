@@ -21,12 +21,14 @@ from collections.abc import Mapping
 
 import psycopg
 
+from edge.backoff import Backoff
 from ingest.db import connect, describe_dsn
 from ingest.errors import SchemaMismatch, StoreError
 from ingest.migrate import load_migrations
 
 logger = logging.getLogger(__name__)
 __all__ = ["check_schema", "describe_dsn", "schema_problem"]
+FIRST_DELAY_S = 0.5  # the first retry's ceiling; doubles up to [database] reconnect_max_s
 MIGRATE_HINT = "`python -m ingest migrate --config <server.toml>` (as the database owner)"
 
 
@@ -75,17 +77,17 @@ def check_schema(dsn: str, *, stop: threading.Event, connect_timeout_s: float = 
     """
     where = describe_dsn(dsn)
     known = {v: next(iter(variants.values())).name for v, variants in load_migrations().items()}
-    delay = 0.5
+    backoff = Backoff(FIRST_DELAY_S, max(reconnect_max_s, FIRST_DELAY_S))
     while not stop.is_set():
         try:
             with connect(dsn, timeout_s=connect_timeout_s) as conn:
                 applied = _read_ledger(conn)
         except psycopg.OperationalError as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            delay = backoff.next_delay()
             logger.error("database %s is not reachable (%s); retrying in %.1f s (SIGTERM stops)",
                          where, reason, delay)
             stop.wait(delay)
-            delay = min(delay * 2, reconnect_max_s)
             continue
         except psycopg.Error as exc:
             raise StoreError(f"database {where}: cannot read schema_migration: {exc}") from exc

@@ -2,8 +2,8 @@
 
 The README's "may import" column is the rule, read from the README itself, so
 the two cannot drift: ``ingest`` and ``compute`` may import the shared contracts
-that live in ``edge/`` (``edge.wire``, ``edge.tls``, ``edge.settings``) and
-nothing else of the edge (compute may also import ingest); the simulators are
+that live in ``edge/`` (``edge.wire``, ``edge.tls``, ``edge.settings``,
+``edge.backoff``, ``edge.logs``) and nothing else of the edge (compute may also import ingest); the simulators are
 an independent peer and import nothing of ours (sharing decoding code would
 hide the bugs they exist to find). A gateway installs only the ``edge`` extra,
 so edge code must not import the server's libraries either.
@@ -58,7 +58,7 @@ def test_the_readme_states_the_rule_for_every_package() -> None:
     rules = readme_rules()
     assert set(CHECKED) <= set(rules), rules
     # the shared contracts that live in edge/, and nothing else of it, for the server side
-    shared = ("edge.wire", "edge.tls", "edge.settings")
+    shared = ("edge.wire", "edge.tls", "edge.settings", "edge.backoff", "edge.logs")
     assert rules["ingest"] == shared
     assert rules["compute"] == (*shared, "ingest")
     assert rules["edge"] == () and rules["simulators"] == ()

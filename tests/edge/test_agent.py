@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edge import wire
-from edge.agent import Agent, AgentError
+from edge.agent import Agent, AgentError, StartError
 from edge.config import config_from_dict
 from edge.spool import Spool, SpooledMessage
 from tests.edge.sim_process import small_simulator
@@ -60,6 +60,7 @@ class MemoryOutput:
     """An output that keeps what it acknowledged (for tests without a broker)."""
 
     name = "memory"
+    max_frame_bytes = None  # no limit of its own
 
     def __init__(self) -> None:
         self.got: list[SpooledMessage] = []
@@ -116,10 +117,11 @@ async def test_agent_validates_before_touching_anything(tmp_path):
     data = site_config(tmp_path, {"modbus": [
         {"meter": m, "port": 1, "unit": 1} for m in SMALL_METERS]})
     config = config_from_dict(data, tmp_path / "site.toml")
-    with pytest.raises(AgentError, match="signing key"):
+    with pytest.raises(StartError, match="^signing_key: .*gw.pem does not exist") as missing:
         Agent(config, publishers=[MemoryOutput()])
+    assert missing.value.key == "signing_key" and isinstance(missing.value, AgentError)
     write_key(tmp_path)
-    with pytest.raises(AgentError, match=r"no \[outputs.kafka\]"):
+    with pytest.raises(StartError, match=r"no \[outputs.kafka\]"):
         Agent(config)
     assert not (tmp_path / "spool.db").exists()
 

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -215,13 +216,18 @@ async def test_reconnect_backs_off_exponentially_up_to_the_cap_and_recovers():
     )
     dev = device(profile, port, reconnect_delay_s=0.05, reconnect_delay_max_s=0.2)
     async with poller(dev) as p:
-        delays = []
+        ceilings, waits = [], []
         for _ in range(5):
-            delays.append(p._delay)
+            ceilings.append(p.backoff.ceiling)
             p._next_connect = 0.0  # pretend the wait is over: test the delay sequence only
+            before = time.monotonic()
             result = await p.poll()
             assert [e.kind for e in result.errors] == ["connect"]
-        assert delays == [0.1, 0.2, 0.2, 0.2, 0.2]  # after the failed start: doubled, capped
+            waits.append(p._next_connect - before)
+        # after the failed start: doubled, capped; each wait within [ceiling/2, ceiling]
+        assert ceilings == pytest.approx([0.1, 0.2, 0.2, 0.2, 0.2])
+        assert all(c / 2 - 0.01 <= w <= c + 0.05 for c, w in zip(ceilings, waits, strict=True))
+        assert "next try in" in str(result.errors[0])
         waiting = await p.poll()  # inside the backoff window: no connect attempt
         assert "waiting" in str(waiting.errors[0])
         attempts = p.connects
@@ -231,7 +237,7 @@ async def test_reconnect_backs_off_exponentially_up_to_the_cap_and_recovers():
             await asyncio.sleep(0.25)
             result = await p.poll()
             assert as_dict(result) == {"a": 7} and p.connects == attempts + 1
-            assert p._delay == 0.05  # reset after a good connect
+            assert p.backoff.ceiling == 0.05  # reset after a good connect
         finally:
             await peer.stop()
 
