@@ -185,7 +185,7 @@ class Meter(Frozen):
                                      ("children", self.children, ("parent",)),
                                      ("rule", self.rule, ("shared", "parent"))):
             if value and self.role not in allowed:
-                yield f"{key}.{name}: a {self.role} meter has no {name}"
+                yield f"{key}.{name}: {self.role} meters have no {name}"
         if self.role in ("shared", "parent") and self.rule is None:
             yield f"{key}.rule: a {self.role} meter needs a rule (mass, machine_hours, equal)"
         if self.role == "shared" and not self.assets:
