@@ -26,6 +26,8 @@ ALL = [
     "0005_energy_views (all)",
     "0006_frame_digest (all)",
     "0007_aggregates_without_bad (pg)",
+    "0008_emission_factors (all)",
+    "0009_compute (all)",
 ]
 
 SCHEMA_SQL = """
@@ -44,7 +46,7 @@ def schema(dsn: str) -> list[tuple[object, ...]]:
 
 def test_packaged_migrations_have_one_numbered_sequence() -> None:
     known = load_migrations()
-    assert list(known) == [1, 2, 3, 4, 5, 6, 7]
+    assert list(known) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert set(known[3]) == {"pg", "tsdb"} and set(known[1]) == {"all"}
     assert set(known[7]) == {"pg", "tsdb"}
     for mig in known[7].values():  # the peer path too: no COPY in any migration
@@ -93,7 +95,7 @@ def test_migrations_apply_twice_without_change_on_postgresql(new_database) -> No
     assert ("ingested_frame", "r", "body_sha256", "bytea") in first  # nullable: older rows
     with connect(dsn) as conn:
         rows = conn.execute("SELECT version, name, variant FROM schema_migration ORDER BY 1")
-        assert [r[2] for r in rows] == ["all", "all", "pg", "pg", "all", "all", "pg"]
+        assert [r[2] for r in rows] == ["all", "all", "pg", "pg", "all", "all", "pg", "all", "all"]
 
 
 @pytest.mark.services
@@ -192,7 +194,7 @@ def test_cli_migrate_and_refresh(new_database) -> None:
     assert "applied migration 0007_aggregates_without_bad (pg)" in first.stderr
     assert "using the plain PostgreSQL variant" in first.stderr  # detection is logged
     second = cli("migrate", "--dsn", dsn)
-    assert second.returncode == 0 and "up to date (7 migrations" in second.stderr
+    assert second.returncode == 0 and "up to date (9 migrations" in second.stderr
     refresh = cli("refresh", "--dsn", dsn)
     assert refresh.returncode == 0 and "refreshed reading_1d" in refresh.stderr
     bad = cli("migrate", "--dsn", "postgresql://127.0.0.1:1/none")
@@ -235,7 +237,7 @@ def test_upgrade_drops_bad_readings_from_existing_aggregates(
             return [e for (e,) in conn.execute("SELECT energy FROM energy_15m ORDER BY bucket")]
 
     assert min(energies()) < -100  # the defect this migration fixes
-    assert migrate(dsn) == ["0007_aggregates_without_bad (pg)"]
+    assert migrate(dsn) == ALL[6:]  # 0007 and the migrations after it
     assert migrate(dsn) == []
     got = energies()
     assert min(got) >= 0 and sum(got) == pytest.approx(values[-1] - values[0])
