@@ -100,6 +100,8 @@ def weight_segments(b_start: I64, b_end: I64, b_weight: F64
     same_length(b_start=b_start, b_end=b_end, b_weight=b_weight)
     if np.any(b_end < b_start):
         raise ValueError("a batch ends before it starts (b_end < b_start)")
+    if not np.all(b_weight >= 0.0) or np.any(np.isinf(b_weight)):
+        raise ValueError("batch weights must be finite and >= 0")
     return _segments_impl(b_start, b_end, b_weight)
 
 
@@ -143,8 +145,8 @@ def allocate_overlap(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, se
     O(n + m) bound) carry ``i_energy``, spread uniformly in time within each
     (a zero-length interval is a point at its start). The timeline is
     ``weight_segments``' output. The part of an interval inside segment k goes
-    to k's members pro rata by weight (equally if their weights sum to 0 or
-    less). A part in no segment, or in one with no member, is idle: with
+    to k's members pro rata by weight (equally when all weights are 0). A part
+    in no segment, or in one with no member, is idle: with
     ``idle_next == 0`` it is unallocated; with ``idle_next == 1`` it goes to the
     next batch to start after the idle part begins (``b_start`` sorted
     ascending, ties to the lower index: sort batches by start, then id), or is
@@ -169,6 +171,8 @@ def allocate_overlap(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, se
         raise ValueError("ptr must have one entry per segment plus one, ending at len(member)")
     if member.shape[0] and (int(member.min()) < 0 or int(member.max()) >= b_start.shape[0]):
         raise ValueError("member holds a batch index outside b_start")
+    if not np.all(weight >= 0.0):
+        raise ValueError("segment weights must be >= 0")
     if idle_next not in (0, 1):
         raise ValueError(f"idle_next must be 0 or 1, got {idle_next!r}")
     require_sorted("i_start", i_start)
@@ -199,11 +203,16 @@ def _share(portion: float, k: int, ptr: I64, member: I64, weight: F64, acc: F64,
     """Add ``portion`` to segment k's members pro rata; returns the new touched count."""
     lo, hi = ptr[k], ptr[k + 1]
     total = 0.0
+    last = hi - 1  # the remainder goes to the last member with a share
     for p in range(lo, hi):
         total += weight[p]
+        if weight[p] > 0.0:
+            last = p
     rest = portion
     for p in range(lo, hi):
-        if p == hi - 1:
+        if total > 0.0 and weight[p] <= 0.0:
+            continue
+        if p == last:
             part = rest
         elif total > 0.0:
             part = portion * (weight[p] / total)
