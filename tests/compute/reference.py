@@ -9,6 +9,7 @@ small integer times, the way the simulator's ground truth is accounted
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -84,7 +85,7 @@ def weight_segments(b_start: Sequence[int], b_end: Sequence[int]
                     ) -> list[tuple[int, int, list[int]]]:
     """(start, end, running batches) between consecutive distinct starts and ends."""
     bounds = sorted(set(b_start) | set(b_end))
-    return [(lo, hi, running(b_start, b_end, lo)) for lo, hi in zip(bounds, bounds[1:])]
+    return [(lo, hi, running(b_start, b_end, lo)) for lo, hi in itertools.pairwise(bounds)]
 
 
 def next_batch(b_start: Sequence[int], t: int) -> int | None:

@@ -10,10 +10,14 @@ import numpy as np
 from hypothesis import strategies as st
 
 from compute import kernels as K
+from compute.kernels_check import F64, I64
+
+Metered = tuple[I64, I64, F64]  # interval start, end, energy
+Schedule = tuple[I64, I64, F64]  # batch start, end, weight
 
 
 @st.composite
-def tilings(draw: st.DrawFn, max_n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+def tilings(draw: st.DrawFn, max_n: int = 12) -> tuple[I64, I64]:
     """Sorted, non-overlapping intervals on small integer times, with holes and points."""
     t, starts, ends = draw(st.integers(-10, 10)), [], []
     for _ in range(draw(st.integers(0, max_n))):
@@ -26,7 +30,7 @@ def tilings(draw: st.DrawFn, max_n: int = 12) -> tuple[np.ndarray, np.ndarray]:
 
 
 @st.composite
-def metered(draw: st.DrawFn, max_n: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def metered(draw: st.DrawFn, max_n: int = 12) -> Metered:
     """A tiling with an energy per interval (kWh)."""
     start, end = draw(tilings(max_n))
     energy = draw(st.lists(st.floats(0.0, 100.0), min_size=len(start), max_size=len(start)))
@@ -34,8 +38,7 @@ def metered(draw: st.DrawFn, max_n: int = 12) -> tuple[np.ndarray, np.ndarray, n
 
 
 @st.composite
-def schedules(draw: st.DrawFn, max_batches: int = 6
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def schedules(draw: st.DrawFn, max_batches: int = 6) -> Schedule:
     """Batches (start, end, weight) sorted by start then index, some running, some concurrent."""
     rows = []
     for _ in range(draw(st.integers(0, max_batches))):

@@ -9,7 +9,9 @@ negative or huge energy, the faults flagged and every measured interval exact.
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,27 +19,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compute import kernels as K
+from compute.kernels_check import F64, I64
 from tests.compute import reference as ref
 from tests.compute.strategies import tilings
+
+Stream = tuple[I64, F64, dict[str, float]]
 
 S = 1_000_000_000  # ns per second
 T0 = 1_764_000_000_123_456_789  # ns, not a multiple of 256: float64 would round it
 EM24_WRAP = 2**32 * 0.1  # kWh: the em24's 32-bit counter of 0.1 kWh counts
 
 
-def i64(*v: int) -> np.ndarray:
+def i64(*v: int) -> I64:
     return np.array(v, dtype=np.int64)
 
 
-def f64(*v: float) -> np.ndarray:
+def f64(*v: float) -> F64:
     return np.array(v, dtype=np.float64)
 
 
-def minutes(n: int) -> np.ndarray:
+def minutes(n: int) -> I64:
     return T0 + np.arange(n, dtype=np.int64) * 60 * S
 
 
-def unwrap(ts: np.ndarray, value: np.ndarray, *, wrap: float = 0.0, rated: float = 600.0,
+def unwrap(ts: I64, value: F64, *, wrap: float = 0.0, rated: float = 600.0,
            resolution: float = 0.1, gap_s: float = 300.0,
            state: K.CounterState | None = None) -> K.CounterIntervals:
     return K.unwrap_counter(ts, value, state or K.CounterState(), wrap, rated, resolution,
@@ -140,7 +145,7 @@ STEP = st.one_of(
 
 
 @st.composite
-def counter_streams(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def counter_streams(draw: st.DrawFn) -> Stream:
     params = {"wrap": draw(st.sampled_from([0.0, 1000.0, EM24_WRAP])),
               "rated": draw(st.sampled_from([60.0, 600.0, math.inf])),
               "resolution": draw(st.sampled_from([0.0, 0.01, 0.1])),
@@ -160,7 +165,7 @@ def counter_streams(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, dict[str, 
     return np.array(ts, dtype=np.int64), np.array(values, dtype=np.float64), params
 
 
-def _unwrap_p(ts: np.ndarray, values: np.ndarray, p: dict[str, float],
+def _unwrap_p(ts: I64, values: F64, p: dict[str, float],
               state: K.CounterState | None = None) -> K.CounterIntervals:
     return unwrap(ts, values, wrap=p["wrap"], rated=p["rated"], resolution=p["resolution"],
                   gap_s=p["gap_s"], state=state)
@@ -168,7 +173,7 @@ def _unwrap_p(ts: np.ndarray, values: np.ndarray, p: dict[str, float],
 
 @settings(max_examples=300, deadline=None)
 @given(counter_streams())
-def test_unwrap_matches_the_reference_exactly(stream) -> None:
+def test_unwrap_matches_the_reference_exactly(stream: Stream) -> None:
     ts, values, p = stream
     got = _unwrap_p(ts, values, p)
     want, want_state = ref.unwrap_counter(ts.tolist(), values.tolist(), K.CounterState(),
@@ -182,12 +187,12 @@ def test_unwrap_matches_the_reference_exactly(stream) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(counter_streams(), st.lists(st.integers(0, 40), max_size=5))
-def test_unwrap_is_the_same_however_the_stream_is_cut(stream, cuts) -> None:
+def test_unwrap_is_the_same_however_the_stream_is_cut(stream: Stream, cuts: list[int]) -> None:
     ts, values, p = stream
     whole = _unwrap_p(ts, values, p)
     bounds = [0, *sorted(c for c in cuts if c <= len(ts)), len(ts)]
     state, parts = K.CounterState(), []
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         part = _unwrap_p(ts[lo:hi], values[lo:hi], p, state)
         parts.append(part)
         state = part.state
@@ -198,7 +203,7 @@ def test_unwrap_is_the_same_however_the_stream_is_cut(stream, cuts) -> None:
 
 
 @st.composite
-def faulty_meters(draw: st.DrawFn) -> dict:
+def faulty_meters(draw: st.DrawFn) -> dict[str, Any]:
     """A meter drawing at most 90 % of rated, its integer counter, resets and spikes injected.
 
     Faults are injected only where a reader could tell them from consumption
@@ -236,7 +241,7 @@ def faulty_meters(draw: st.DrawFn) -> dict:
 
 @settings(max_examples=300, deadline=None)
 @given(faulty_meters())
-def test_faults_are_flagged_and_never_book_negative_or_huge_energy(m) -> None:
+def test_faults_are_flagged_and_never_book_negative_or_huge_energy(m: dict[str, Any]) -> None:
     r = unwrap(m["ts"], m["value"], wrap=m["wrap"], rated=m["rated"], resolution=m["res"],
                gap_s=600)
     dt_h = (r.end - r.start) / 3.6e12
@@ -261,7 +266,8 @@ def test_faults_are_flagged_and_never_book_negative_or_huge_energy(m) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(tilings(), tilings(), st.data())
-def test_resample_matches_the_per_step_reference(src, dst, data) -> None:
+def test_resample_matches_the_per_step_reference(src: tuple[I64, I64], dst: tuple[I64, I64],
+                                                  data: st.DataObject) -> None:
     energy = np.array(data.draw(st.lists(st.floats(0.0, 100.0), min_size=len(src[0]),
                                          max_size=len(src[0]))), dtype=np.float64)
     got = K.resample_energy(src[0], src[1], energy, dst[0], dst[1])
@@ -284,7 +290,7 @@ def test_resample_onto_a_covering_tiling_keeps_every_kwh() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.floats(-1e6, 1e6)), max_size=50))
-def test_sum_by_key_matches_the_reference(rows) -> None:
+def test_sum_by_key_matches_the_reference(rows: list[tuple[int, float]]) -> None:
     key = np.array([k for k, _ in rows], dtype=np.int64)
     value = np.array([v for _, v in rows], dtype=np.float64)
     assert K.sum_by_key(key, value, 6).tolist() == ref.sum_by_key(key.tolist(),

@@ -8,6 +8,7 @@ batch order not changing any batch's share, exact boundary splits.
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 
 import numpy as np
@@ -16,29 +17,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compute import kernels as K
+from compute.kernels_check import F64, I64
 from tests.compute import reference as ref
-from tests.compute.strategies import metered, schedules
+from tests.compute.strategies import Metered, Schedule, metered, schedules
 
 Pairs = dict[tuple[int, int], float]
 
 
-def i64(*v: int) -> np.ndarray:
+def i64(*v: int) -> I64:
     return np.array(v, dtype=np.int64)
 
 
-def f64(*v: float) -> np.ndarray:
+def f64(*v: float) -> F64:
     return np.array(v, dtype=np.float64)
 
 
-def allocate(iv: tuple[np.ndarray, np.ndarray, np.ndarray],
-             batches: tuple[np.ndarray, np.ndarray, np.ndarray], idle_next: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def allocate(iv: Metered, batches: Schedule, idle_next: int) -> tuple[I64, I64, F64, F64]:
     b_start, b_end, b_weight = batches
-    seg = K.weight_segments(b_start, b_end, b_weight)
-    return K.allocate_overlap(*iv, *seg, b_start, idle_next)
+    seg_start, seg_end, ptr, member, weight = K.weight_segments(b_start, b_end, b_weight)
+    return K.allocate_overlap(iv[0], iv[1], iv[2], seg_start, seg_end, ptr, member, weight,
+                              b_start, idle_next)
 
 
-def as_pairs(pi: np.ndarray, pb: np.ndarray, pe: np.ndarray) -> Pairs:
+def as_pairs(pi: I64, pb: I64, pe: F64) -> Pairs:
     out: Pairs = defaultdict(float)
     for i, b, e in zip(pi.tolist(), pb.tolist(), pe.tolist(), strict=True):
         out[i, b] += e
@@ -98,14 +99,15 @@ def test_boundary_split_by_power_puts_energy_where_the_machine_ran() -> None:
 
 
 def test_wrappers_refuse_inconsistent_timelines() -> None:
-    seg = K.weight_segments(i64(0, 10), i64(20, 30), f64(1.0, 1.0))
-    iv = (i64(0), i64(5), f64(1.0))
+    ss, se, ptr, member, weight = K.weight_segments(i64(0, 10), i64(20, 30), f64(1.0, 1.0))
     with pytest.raises(ValueError, match="ptr"):
-        K.allocate_overlap(*iv, seg[0], seg[1], seg[2][:-1], seg[3], seg[4], i64(0, 10), 0)
+        K.allocate_overlap(i64(0), i64(5), f64(1.0), ss, se, ptr[:-1], member, weight,
+                           i64(0, 10), 0)
     with pytest.raises(ValueError, match="outside b_start"):
-        K.allocate_overlap(*iv, *seg, i64(0), 0)
+        K.allocate_overlap(i64(0), i64(5), f64(1.0), ss, se, ptr, member, weight, i64(0), 0)
     with pytest.raises(ValueError, match="i_start must be sorted"):
-        K.allocate_overlap(i64(5, 0), i64(6, 1), f64(1, 1), *seg, i64(0, 10), 0)
+        K.allocate_overlap(i64(5, 0), i64(6, 1), f64(1, 1), ss, se, ptr, member, weight,
+                           i64(0, 10), 0)
     with pytest.raises(ValueError, match="ends before it starts"):
         K.weight_segments(i64(10), i64(0), f64(1.0))
     with pytest.raises(ValueError, match="weights"):
@@ -116,10 +118,12 @@ def test_wrappers_refuse_inconsistent_timelines() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(metered(), schedules(), st.sampled_from([0, 1]))
-def test_allocation_matches_the_per_step_reference(iv, batches, idle_next) -> None:
+def test_allocation_matches_the_per_step_reference(iv: Metered, batches: Schedule,
+                                                   idle_next: int) -> None:
     pi, pb, pe, unalloc = allocate(iv, batches, idle_next)
-    want, want_unalloc = ref.allocate_steps(*(a.tolist() for a in iv),
-                                            *(b.tolist() for b in batches), bool(idle_next))
+    want, want_unalloc = ref.allocate_steps(
+        iv[0].tolist(), iv[1].tolist(), iv[2].tolist(), batches[0].tolist(),
+        batches[1].tolist(), batches[2].tolist(), bool(idle_next))
     scale = 1.0 + float(iv[2].sum())
     assert_pairs_close(as_pairs(pi, pb, pe), want, scale)
     np.testing.assert_allclose(unalloc, want_unalloc, atol=1e-9 * scale)
@@ -130,7 +134,7 @@ def test_allocation_matches_the_per_step_reference(iv, batches, idle_next) -> No
 
 @settings(max_examples=300, deadline=None)
 @given(metered(), schedules(), st.sampled_from([0, 1]))
-def test_energy_balance_per_interval(iv, batches, idle_next) -> None:
+def test_energy_balance_per_interval(iv: Metered, batches: Schedule, idle_next: int) -> None:
     pi, _, pe, unalloc = allocate(iv, batches, idle_next)
     booked = np.bincount(pi, weights=pe, minlength=len(iv[0])) + unalloc
     np.testing.assert_allclose(booked, iv[2], rtol=1e-9, atol=1e-12)
@@ -139,12 +143,12 @@ def test_energy_balance_per_interval(iv, batches, idle_next) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(metered(), schedules(), st.sampled_from([0, 1]), st.integers(0, 12))
-def test_allocation_is_the_same_however_the_intervals_are_cut(iv, batches, idle_next,
-                                                               cut) -> None:
+def test_allocation_is_the_same_however_the_intervals_are_cut(
+        iv: Metered, batches: Schedule, idle_next: int, cut: int) -> None:
     cut = min(cut, len(iv[0]))
     whole = allocate(iv, batches, idle_next)
-    head = allocate(tuple(a[:cut] for a in iv), batches, idle_next)  # type: ignore[arg-type]
-    tail = allocate(tuple(a[cut:] for a in iv), batches, idle_next)  # type: ignore[arg-type]
+    head = allocate((iv[0][:cut], iv[1][:cut], iv[2][:cut]), batches, idle_next)
+    tail = allocate((iv[0][cut:], iv[1][cut:], iv[2][cut:]), batches, idle_next)
     assert np.array_equal(np.concatenate([head[0], tail[0] + cut]), whole[0])
     for k in (1, 2, 3):
         assert np.array_equal(np.concatenate([head[k], tail[k]]), whole[k])
@@ -152,14 +156,15 @@ def test_allocation_is_the_same_however_the_intervals_are_cut(iv, batches, idle_
 
 @settings(max_examples=200, deadline=None)
 @given(metered(), schedules(), st.randoms(use_true_random=False))
-def test_batch_order_does_not_change_any_share(iv, batches, rnd) -> None:
+def test_batch_order_does_not_change_any_share(iv: Metered, batches: Schedule,
+                                               rnd: random.Random) -> None:
     # with idle energy unallocated nothing depends on order; (next_batch breaks start
     # ties by batch id, which the caller fixes by sorting)
     order = list(range(len(batches[0])))
     rnd.shuffle(order)
     perm = np.array(order, dtype=np.int64)
-    shuffled = tuple(b[perm] for b in batches)
-    pi, pb, pe, unalloc = allocate(iv, shuffled, 0)  # type: ignore[arg-type]
+    shuffled = (batches[0][perm], batches[1][perm], batches[2][perm])
+    pi, pb, pe, unalloc = allocate(iv, shuffled, 0)
     base = allocate(iv, batches, 0)
     scale = 1.0 + float(iv[2].sum())
     assert_pairs_close(as_pairs(pi, perm[pb] if len(pb) else pb, pe), as_pairs(*base[:3]),
@@ -169,7 +174,7 @@ def test_batch_order_does_not_change_any_share(iv, batches, rnd) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(schedules(max_batches=8))
-def test_segments_match_the_reference(batches) -> None:
+def test_segments_match_the_reference(batches: Schedule) -> None:
     b_start, b_end, b_weight = batches
     seg_start, seg_end, ptr, member, weight = K.weight_segments(b_start, b_end, b_weight)
     got = [(int(s), int(e), member[ptr[k]:ptr[k + 1]].tolist())
@@ -180,7 +185,8 @@ def test_segments_match_the_reference(batches) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(metered(), st.data())
-def test_split_at_knots_matches_the_reference_and_keeps_totals_exact(iv, data) -> None:
+def test_split_at_knots_matches_the_reference_and_keeps_totals_exact(
+        iv: Metered, data: st.DataObject) -> None:
     start, end, energy = iv
     n = len(start)
     knot = np.array([data.draw(st.integers(s - 2, e + 2)) for s, e in zip(start, end,
