@@ -171,7 +171,7 @@ def _unwrap_p(ts: I64, values: F64, p: dict[str, float],
                   gap_s=p["gap_s"], state=state)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(counter_streams())
 def test_unwrap_matches_the_reference_exactly(stream: Stream) -> None:
     ts, values, p = stream
@@ -185,7 +185,7 @@ def test_unwrap_matches_the_reference_exactly(stream: Stream) -> None:
     assert same_state(got.state, want_state)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(counter_streams(), st.lists(st.integers(0, 40), max_size=5))
 def test_unwrap_is_the_same_however_the_stream_is_cut(stream: Stream, cuts: list[int]) -> None:
     ts, values, p = stream
@@ -239,7 +239,7 @@ def faulty_meters(draw: st.DrawFn) -> dict[str, Any]:
             "counts": counts, "res": res, "wrap": mod * res, "mod": mod, "rated": rated}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(faulty_meters())
 def test_faults_are_flagged_and_never_book_negative_or_huge_energy(m: dict[str, Any]) -> None:
     r = unwrap(m["ts"], m["value"], wrap=m["wrap"], rated=m["rated"], resolution=m["res"],
@@ -264,7 +264,7 @@ def test_faults_are_flagged_and_never_book_negative_or_huge_energy(m: dict[str, 
 
 # --- resampling and totals ------------------------------------------------------------------
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(tilings(), tilings(), st.data())
 def test_resample_matches_the_per_step_reference(src: tuple[I64, I64], dst: tuple[I64, I64],
                                                   data: st.DataObject) -> None:

@@ -116,7 +116,7 @@ def test_wrappers_refuse_inconsistent_timelines() -> None:
 
 # --- properties -----------------------------------------------------------------------------
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(metered(), schedules(), st.sampled_from([0, 1]))
 def test_allocation_matches_the_per_step_reference(iv: Metered, batches: Schedule,
                                                    idle_next: int) -> None:
@@ -132,7 +132,7 @@ def test_allocation_matches_the_per_step_reference(iv: Metered, batches: Schedul
     assert keys == sorted(set(keys)) and np.all(pe != 0.0)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(metered(), schedules(), st.sampled_from([0, 1]))
 def test_energy_balance_per_interval(iv: Metered, batches: Schedule, idle_next: int) -> None:
     pi, _, pe, unalloc = allocate(iv, batches, idle_next)
@@ -141,7 +141,7 @@ def test_energy_balance_per_interval(iv: Metered, batches: Schedule, idle_next: 
     assert np.all(pe >= 0.0) and np.all(unalloc >= 0.0)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(metered(), schedules(), st.sampled_from([0, 1]), st.integers(0, 12))
 def test_allocation_is_the_same_however_the_intervals_are_cut(
         iv: Metered, batches: Schedule, idle_next: int, cut: int) -> None:
@@ -154,7 +154,7 @@ def test_allocation_is_the_same_however_the_intervals_are_cut(
         assert np.array_equal(np.concatenate([head[k], tail[k]]), whole[k])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(metered(), schedules(), st.randoms(use_true_random=False))
 def test_batch_order_does_not_change_any_share(iv: Metered, batches: Schedule,
                                                rnd: random.Random) -> None:
@@ -172,7 +172,7 @@ def test_batch_order_does_not_change_any_share(iv: Metered, batches: Schedule,
     np.testing.assert_allclose(unalloc, base[3], atol=1e-9 * scale)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(schedules(max_batches=8))
 def test_segments_match_the_reference(batches: Schedule) -> None:
     b_start, b_end, b_weight = batches
@@ -183,7 +183,7 @@ def test_segments_match_the_reference(batches: Schedule) -> None:
     assert np.array_equal(weight, b_weight[member])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(metered(), st.data())
 def test_split_at_knots_matches_the_reference_and_keeps_totals_exact(
         iv: Metered, data: st.DataObject) -> None:
