@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -80,12 +81,25 @@ def open_spool(config: SpoolConfig, gateway: str) -> Spool:
     if path.is_dir():
         raise StartError("[spool] path", f"{path} is a directory, expected a file path "
                                          f"(e.g. {path / 'spool.db'})")
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise StartError("[spool] path", f"{path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StartError("[spool] path", f"{path}: folder {folder} is not writable by this "
+                                         "user")
     try:
         return Spool(config, gateway)
     except (SpoolError, OSError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StartError("[spool] path", f"{path}: cannot create or open the spool: "
                                          f"{why}") from exc
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or its closest ancestor that exists (the spool creates the rest)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def serve_metrics(port: int, addr: str) -> metrics.MetricsServer:

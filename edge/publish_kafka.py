@@ -114,6 +114,7 @@ class KafkaPublisher:
         self._key = site.encode()
         self._topics = {s: config.topic(s) for s in ("readings", "batches")}
         self._producer: KafkaProducer | None = None
+        self._creating: asyncio.Future[KafkaProducer] | None = None  # a producer being built
         self._where = f"kafka {','.join(config.bootstrap_servers)}"
 
     @property
@@ -122,7 +123,12 @@ class KafkaPublisher:
         return self.config.max_request_bytes - _RECORD_OVERHEAD - len(self._key)
 
     async def start(self) -> None:
-        """Connect now if the broker is up; an unreachable broker is retried by publish."""
+        """Connect now if the broker is up; an unreachable broker is retried by publish.
+
+        This may take up to ``delivery_timeout_s`` (at most 10 s) while the broker
+        does not answer: the agent calls it in its forwarding task, never before
+        polling starts.
+        """
         try:
             await self._ensure_producer()
         except PublishError as exc:
@@ -130,11 +136,17 @@ class KafkaPublisher:
 
     async def _ensure_producer(self) -> KafkaProducer:
         if self._producer is None:
+            # in a task of its own, shielded: if the caller is cancelled (the agent
+            # stops while the broker is down) the producer still being built is
+            # taken by the next call or closed by close(), never left running
+            if self._creating is None:
+                self._creating = asyncio.ensure_future(
+                    asyncio.to_thread(KafkaProducer, **self.config.producer_config()))
             try:
-                self._producer = await asyncio.to_thread(
-                    KafkaProducer, **self.config.producer_config()
-                )
+                self._producer = await asyncio.shield(self._creating)
+                self._creating = None
             except (KafkaError, OSError, ValueError) as exc:
+                self._creating = None
                 metrics.PUBLISH_ERRORS.labels(output=self.name, kind="connect").inc()
                 why = await self._explain(exc)
                 raise PublishError(f"{self._where}: cannot create producer: {why}") from exc
@@ -212,6 +224,11 @@ class KafkaPublisher:
             await asyncio.to_thread(_force_close, producer)
 
     async def close(self) -> None:
+        creating, self._creating = self._creating, None
+        if creating is not None:  # its caller was cancelled: wait for it, then close it
+            with contextlib.suppress(Exception):
+                orphan = await creating
+                await asyncio.to_thread(_force_close, orphan)
         producer, self._producer = self._producer, None
         if producer is not None:
             await asyncio.to_thread(producer.close, self.config.delivery_timeout_s)

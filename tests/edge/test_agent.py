@@ -117,7 +117,7 @@ async def test_agent_validates_before_touching_anything(tmp_path):
     data = site_config(tmp_path, {"modbus": [
         {"meter": m, "port": 1, "unit": 1} for m in SMALL_METERS]})
     config = config_from_dict(data, tmp_path / "site.toml")
-    with pytest.raises(StartError, match="^signing_key: .*gw.pem does not exist") as missing:
+    with pytest.raises(StartError, match=r"^signing_key: .*gw\.pem does not exist") as missing:
         Agent(config, publishers=[MemoryOutput()])
     assert missing.value.key == "signing_key" and isinstance(missing.value, AgentError)
     write_key(tmp_path)
@@ -226,6 +226,62 @@ async def test_broker_outage_while_polling_loses_no_frame(tmp_path, simulator, b
     assert first_seen == list(range(start, total)), "a frame is missing or out of order"
     readings = [r for f in frames for r in f.readings()]
     assert {r.meter for r in readings} == SMALL_METERS
+
+
+@pytest.mark.services
+@pytest.mark.timeout(120)
+async def test_kafka_down_at_start_readings_spooled_from_the_first_cycle(
+    tmp_path, broker_factory
+):
+    """The broker is not there when the agent starts: start returns at once, the first
+    readings are in the spool within one poll interval, and once the broker comes up
+    every frame is forwarded from seq 0, in order."""
+    from edge.forward import ForwardConfig
+    from tests.edge.test_modbus import pymodbus_peer
+
+    broker = broker_factory()
+    broker.stop()  # nothing listens on its port until broker.start()
+    key = write_key(tmp_path)
+    interval = 0.5  # s, the meter's poll interval (and so the frame interval)
+    loop = asyncio.get_running_loop()
+    async with pymodbus_peer([7, 8]) as (_peer, port):
+        data = {
+            "site": "demo-site", "gateway": "gw-down", "signing_key": "gw.pem",
+            "spool": {"path": "spool.db", "synchronous": "NORMAL"}, "metrics": {"port": 0},
+            "outputs": {"kafka": {"bootstrap_servers": [broker.bootstrap],
+                                  "topic_prefix": "down.", "delivery_timeout_s": 1.5}},
+            "modbus": [{"meter": "M1", "host": "127.0.0.1", "port": port,
+                        "poll_interval_s": interval, "clock": "gateway", "profile": {
+                            "family": "f", "points": [
+                                {"channel": "energy", "address": 0, "type": "uint16"},
+                                {"channel": "power", "address": 1, "type": "uint16"}]}}],
+        }
+        config = config_from_dict(data, tmp_path / "site.toml")
+        fast = ForwardConfig(backoff_initial_s=0.05, backoff_max_s=0.5, idle_poll_s=0.05)
+        began = loop.time()
+        async with Agent(config, forward_config=fast) as agent:
+            assert agent.spool is not None and agent.forwarder is not None
+            assert loop.time() - began < interval, "start waited for the broker"
+            # one poll interval, plus scheduling slack for the flush's thread and fsync
+            async with asyncio.timeout(began + interval + 0.25 - loop.time()):
+                while True:  # the spool has no event to wait on: poll it
+                    if agent.spool.next_seq("readings") > 0:
+                        break
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(4 * interval)
+            spooled = agent.spool.next_seq("readings")
+            assert spooled >= 4 and agent.spool.depth == spooled, "nothing may leave yet"
+            await asyncio.to_thread(broker.start)
+            async with asyncio.timeout(60):
+                await agent.forwarder.drained()
+    with Spool(config.spool, config.gateway) as spool:
+        total, left = spool.next_seq("readings"), spool.depth
+    assert left == 0 and total > spooled
+    records = await asyncio.to_thread(consume, broker.bootstrap, "down.readings", total)
+    frames = decode_all([r.value for r in records], key, config.gateway)
+    assert list(dict.fromkeys(f.seq for f in frames)) == list(range(total))
+    first = [(r.meter, r.channel, r.value) for r in frames[0].readings()]
+    assert first == [("M1", "energy", 7), ("M1", "power", 8)]
 
 
 def _start_agent(site: Path, log: Path) -> subprocess.Popen[bytes]:
