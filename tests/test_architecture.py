@@ -3,10 +3,13 @@
 The README's "may import" column is the rule, read from the README itself, so
 the two cannot drift: ``ingest`` and ``compute`` may import the shared contracts
 that live in ``edge/`` (``edge.wire``, ``edge.tls``, ``edge.settings``,
-``edge.backoff``, ``edge.logs``) and nothing else of the edge (compute may also import ingest); the simulators are
-an independent peer and import nothing of ours (sharing decoding code would
-hide the bugs they exist to find). A gateway installs only the ``edge`` extra,
-so edge code must not import the server's libraries either.
+``edge.backoff``, ``edge.logs``) and nothing else of the edge (compute may also
+import ingest); the simulators are an independent peer and import nothing of
+ours (sharing decoding code would hide the bugs they exist to find). A gateway
+installs only the ``edge`` extra, so edge code must not import the server's
+libraries either. Each shared part has one home: the frozen config base and
+the TOML loader (``edge/settings.py``), the envelope's layout
+(``edge/wire.py``), the transports' security keys (``edge/tls.py``).
 """
 
 from __future__ import annotations
@@ -102,3 +105,28 @@ def test_edge_role_installs_no_server_libraries() -> None:
     for reqs in [project["dependencies"], *project["optional-dependencies"].values()]:
         for req in reqs:
             assert "==" in req or req.startswith("plantprint["), f"unpinned: {req}"
+
+
+# One copy of each shared part in the packages that share them (the simulators keep
+# their own on purpose): a regex over the source, with the only file allowed to match.
+SINGLE_HOMES = [
+    (r"ConfigDict\(\s*frozen", "edge/settings.py", "the frozen config base"),
+    (r"^\s*(import tomllib|from tomllib )", "edge/settings.py", "the TOML loader"),
+    (r"\b(HEADER_BYTES|SIGNATURE_BYTES|MAGIC)\b|b\"PPW1\"|\[\s*4\s*:\s*68\s*\]",
+     "edge/wire.py", "the envelope's layout"),
+    (r"\btls_insecure\s*:", "edge/tls.py", "the MQTT security keys"),
+    (r"\bssl_cafile\s*:", "edge/tls.py", "the Kafka security keys"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "home", "what"), SINGLE_HOMES,
+                         ids=[w for _, _, w in SINGLE_HOMES])
+def test_shared_parts_have_one_home(pattern: str, home: str, what: str) -> None:
+    regex = re.compile(pattern, re.MULTILINE)
+    found = sorted(
+        str(path.relative_to(ROOT))
+        for package in ("edge", "ingest", "compute") if (ROOT / package).is_dir()
+        for path in (ROOT / package).rglob("*.py")
+        if regex.search(path.read_text())
+    )
+    assert found == [home], f"{what} lives in {home} only; also in {found}"
