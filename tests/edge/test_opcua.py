@@ -373,3 +373,59 @@ def test_slot_changes_beyond_the_queue_are_logged_and_counted(caplog) -> None:
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1  # the first drop of an overflow is logged, the rest counted
     assert "opcua plc-flood" in errors[0] and "asset OVEN" in errors[0]
+
+
+async def test_a_node_the_server_lacks_is_logged_by_status_name_and_configured_id(
+    caplog,
+) -> None:
+    """The warning names the node as configured and the status code by name
+    (``BadNodeIdUnknown``), not as a NodeId repr and a raw number; the other nodes run."""
+    server = PlantServer()
+    await server.start()
+    missing = f"nsu={NS_URI};s=M9.Energy"
+    base = server_config(server.url)
+    nodes = (*base.nodes, MonitoredNode(node=missing, meter="M9", channel="energy_kwh",
+                                        unit="kWh", sampling_interval_s=0.02))
+    sink = Sink()
+    sub = OpcUaSubscriber(base.model_copy(update={"nodes": nodes}), sink.on_readings,
+                          sink.on_batch_events)
+    try:
+        with caplog.at_level("WARNING", logger="edge.opcua"):
+            async for _ in _running(sub):
+                await asyncio.wait_for(sub.connected.wait(), 10)
+                await sink.until(lambda: bool(sink.values_of("M1", "energy_kwh")))
+    finally:
+        await server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge.opcua"]
+    assert f"opcua plc1: cannot monitor node {missing}: BadNodeIdUnknown" in lines, lines
+    assert not [line for line in lines if "StatusCode(" in line or "NodeId(" in line], lines
+
+
+async def test_asyncua_chatter_is_off_by_default_and_on_with_verbose(caplog) -> None:
+    """asyncua's endpoint dump (INFO) and session-timeout note (WARNING) on every connect."""
+    import logging
+
+    from edge.logs import EDGE_LIBRARIES, configure_logging
+    from edge.opcua import new_client
+
+    saved = {name: logging.getLogger(name).level for name in EDGE_LIBRARIES}
+    server = PlantServer()
+    await server.start()
+    said: dict[bool, list[str]] = {}
+    try:
+        for verbose in (False, True):
+            configure_logging("INFO", verbose=verbose, libraries=EDGE_LIBRARIES)
+            caplog.clear()
+            with caplog.at_level("INFO"):
+                client = await new_client(server_config(server.url))
+                await client.connect()
+                await client.disconnect()
+            said[verbose] = [r.getMessage() for r in caplog.records
+                             if r.name.startswith("asyncua.client")]
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        await server.stop()
+    assert said[False] == []
+    assert any(m.startswith("find_endpoint") for m in said[True]), said[True]
+    assert any("session timeout" in m for m in said[True]), said[True]
