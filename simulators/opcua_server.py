@@ -28,6 +28,21 @@ _DataValue: Any = ua.DataValue
 _StatusCode: Any = ua.StatusCode
 
 
+async def close_client_sessions(server: Server) -> None:
+    """Close the sessions clients left behind, as a PLC losing power does.
+
+    asyncua keeps a session with live subscriptions after its connection drops,
+    so the client can take it over on reconnect (OPC UA Part 4, 6.7), and its
+    ``stop()`` leaves those sessions' timeout and publish tasks running for up to
+    the session timeout (minutes). A stopped server must take them with it.
+    """
+    # asyncua 2.1 has no public registry of these sessions; an older or newer
+    # one without the attribute keeps its own behaviour.
+    sessions = getattr(server.iserver, "_external_sessions", {})
+    for session in list(sessions.values()):
+        await session.close_session(delete_subs=True)
+
+
 @dataclass(frozen=True)
 class VarDef:
     """A variable: its string node id, parent path, browse name and type."""
@@ -141,6 +156,7 @@ class OpcuaPlant:
         """Stop listening (an injected restart); the mirror keeps the values."""
         server, self._server = self._server, None
         if server is not None:
+            await close_client_sessions(server)
             await server.stop()
             logger.info("opcua server stopped")
 

@@ -7,6 +7,8 @@ and stops, at its end, those it started itself; services brought up by
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import threading
 import time
@@ -23,6 +25,10 @@ from deploy.procs import ServiceError, pid_alive
 from deploy.tansu import TansuBroker
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# pytester: tests/test_leak_check.py runs a small pytest session to show the
+# leak check failing a test.
+pytest_plugins = ["pytester"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,12 @@ def _child_pids() -> set[int]:
 
 @pytest.fixture(autouse=True)
 def system_health() -> Iterator[None]:
-    """Fail a test that leaves non-daemon threads or child processes behind."""
+    """Fail a test that leaves non-daemon threads or child processes behind.
+
+    Tasks left pending on a test's event loop are caught as well, by
+    :func:`pytest_fixture_setup` below: pytest-asyncio gives each test its own
+    loop and closes it before this fixture's teardown runs.
+    """
     threads_before = set(threading.enumerate())
     children_before = _child_pids()
     yield
@@ -128,6 +139,73 @@ def system_health() -> Iterator[None]:
         f"test left behind threads {[t.name for t in threads]} and processes {sorted(children)}",
         pytrace=False,
     )
+
+
+# ----------------------------------------------------------- leftover tasks
+
+# A task still finishing when the test ends (a cancelled one running its
+# cleanup, a close callback) gets this long, in seconds, before it counts as left.
+TASK_GRACE_S = 1.0
+# pytest-asyncio's fixture holding the asyncio.Runner of one test's loop.
+_TEST_LOOP_RUNNER = "_function_scoped_runner"
+
+
+def leftover_tasks(loop: asyncio.AbstractEventLoop, grace_s: float = TASK_GRACE_S,
+                   ) -> list[asyncio.Task[object]]:
+    """Tasks of ``loop`` (not running) still pending after ``grace_s`` of running it."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if pending and grace_s > 0:
+        loop.run_until_complete(asyncio.wait(pending, timeout=grace_s))
+    return [t for t in pending if not t.done()]
+
+
+def _describe(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    where = getattr(coro, "__qualname__", repr(coro))
+    return f"{task.get_name()} ({where})"
+
+
+def _check_loop_tasks(runner: asyncio.Runner, nodeid: str) -> None:
+    left = leftover_tasks(runner.get_loop())
+    if left:
+        # the runner cancels them right after; the test still failed to
+        pytest.fail(f"{nodeid} left asyncio tasks pending: {[_describe(t) for t in left]}",
+                    pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest,
+) -> object:
+    """Check a test's loop for leftover tasks before pytest-asyncio closes it.
+
+    Finalizers run last-in first-out: this one, added once the runner exists,
+    runs after every fixture built on the loop has been torn down (they
+    register later) and before the runner's own teardown cancels what is left.
+    """
+    value = yield
+    if fixturedef.argname == _TEST_LOOP_RUNNER and isinstance(value, asyncio.Runner):
+        fixturedef.addfinalizer(
+            functools.partial(_check_loop_tasks, value, request.node.nodeid))
+    return value
+
+
+# ------------------------------------------------------------------- lanes
+
+# Fixtures that put a test on the real services. ``services`` covers every
+# fixture built on it (new_database, make_config, producer, writer_login, ...),
+# since an item's fixture closure is transitive; the others start or address a
+# broker without it.
+SERVICE_FIXTURES = frozenset({"services", "broker_factory", "topic_prefix"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``services`` every test whose fixtures reach a real service, so that
+    ``-m "not services and not slow"`` (make test-fast) needs none."""
+    for item in items:
+        closure = set(getattr(item, "fixturenames", ()))
+        if closure & SERVICE_FIXTURES and item.get_closest_marker("services") is None:
+            item.add_marker(pytest.mark.services)
 
 
 def pytest_report_header() -> list[str]:

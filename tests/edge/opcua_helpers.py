@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from deploy.procs import free_port
+from simulators.opcua_server import close_client_sessions
 
 NS_URI = "urn:plantprint:test"
 UTC = dt.UTC
@@ -142,6 +143,7 @@ class PlantServer:
     async def stop(self) -> None:
         server, self.server = self.server, None
         if server is not None:
+            await close_client_sessions(server)  # or their tasks outlive the test
             await server.stop()
 
 

@@ -1,8 +1,7 @@
-"""Fixtures for the simulator tests: scenarios, a running plant, leak checks."""
+"""Fixtures for the simulator tests: scenarios, a running plant, a thread leak check."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -50,7 +49,7 @@ def plant_factory(tmp_path: Path):
 
 @pytest.fixture(autouse=True)
 def _no_leftovers() -> Iterator[None]:
-    """Fail a test that leaves threads behind (tasks are checked per loop by pytest-asyncio).
+    """Fail a test that leaves threads behind (tasks: the root conftest checks each loop).
 
     Threads get a short grace period: asyncio's child watcher thread
     (``asyncio-waitpid-N``) outlives ``proc.wait()`` by a few instructions,
@@ -66,11 +65,3 @@ def _no_leftovers() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not extra, f"threads left behind: {extra}"
-
-
-@pytest.fixture(autouse=True)
-async def _no_leftover_tasks():
-    yield
-    current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    assert not pending, f"tasks left behind: {pending}"
