@@ -197,7 +197,7 @@ def _grow_i(a: I64, size: int) -> I64:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # called per part: no call or refcount cost
 def _share(portion: float, k: int, ptr: I64, member: I64, weight: F64, acc: F64,
            seen: I64, touched: I64, nt: int, interval: int) -> int:
     """Add ``portion`` to segment k's members pro rata; returns the new touched count."""
@@ -223,7 +223,7 @@ def _share(portion: float, k: int, ptr: I64, member: I64, weight: F64, acc: F64,
     return nt
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # called per part: no call or refcount cost
 def _add(batch: int, part: float, acc: F64, seen: I64, touched: I64, nt: int,
          interval: int) -> int:
     if seen[batch] != interval:
@@ -233,6 +233,18 @@ def _add(batch: int, part: float, acc: F64, seen: I64, touched: I64, nt: int,
         nt += 1
     acc[batch] += part
     return nt
+
+
+@njit(cache=True, inline="always")  # called per part: no call or refcount cost
+def _sort_small(a: I64, n: int) -> None:
+    """Insertion sort of a[:n] in place: an interval touches a few batches, no allocation."""
+    for x in range(1, n):
+        v = a[x]
+        y = x - 1
+        while y >= 0 and a[y] > v:
+            a[y + 1] = a[y]
+            y -= 1
+        a[y + 1] = v
 
 
 @njit(cache=True)
@@ -291,8 +303,9 @@ def _allocate_impl(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, seg_
         if npairs + nt > cap:
             cap = max(2 * cap, npairs + nt)
             p_int, p_bat, p_en = _grow_i(p_int, cap), _grow_i(p_bat, cap), _grow(p_en, cap)
-        batches = np.sort(touched[:nt])
-        for b in batches:
+        _sort_small(touched, nt)
+        for x in range(nt):
+            b = touched[x]
             if acc[b] != 0.0:
                 p_int[npairs], p_bat[npairs], p_en[npairs] = i, b, acc[b]
                 npairs += 1

@@ -2,9 +2,12 @@
 
 ``provisional`` while a batch runs → ``final`` once it has ended, every meter
 in its scope has reported past its end, and every batch it shares a meter with
-has ended too (their quantities weight the split), or once the site's data has
-run ``final_timeout_s`` past its end (the missing meters are flagged) →
-``revised`` when late data changes a final number (a new revision).
+has ended too (their quantities weight the split); or once the site's data has
+run ``final_timeout_s`` past its end with meters still silent (they are
+flagged ``missing:<meter>``); or, when a batch it shares a meter with runs on
+for more than ``WEIGHTS_TIMEOUT_NS`` (a day) of data, with the split weighted
+provisionally (flagged ``weights_unknown:<batch>``) → ``revised`` when late
+data changes a final number (a new revision).
 
 Time here is *data time* (the newest reading of the site), never the wall
 clock, so a restarted worker reaches the same decisions as an uninterrupted one.
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from compute.model import Batch
 
 Status = str  # "provisional" | "final" | "revised"
+WEIGHTS_TIMEOUT_NS = 86_400 * 10**9
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,10 @@ def finality(batch: Batch, coverage: Mapping[str, int], scope_meters: Sequence[s
     open_weights = tuple(b.batch_id for b in others if b.end_ns is None or b.quantity is None)
     if not missing and not open_weights:
         return Finality(True)
-    if data_now_ns - batch.end_ns >= timeout_ns:
+    late = data_now_ns - batch.end_ns
+    if open_weights and late < max(timeout_ns, WEIGHTS_TIMEOUT_NS):
+        return Finality(False)  # a number that the other batch's quantity will change
+    if late >= timeout_ns:
         return Finality(True, missing, open_weights)
     return Finality(False)
 

@@ -1,14 +1,23 @@
 """``make demo``: the simulated plant, end to end, through everything that exists.
 
-    python -m deploy.demo [--scenario small] [--speed 100] [--duration-s 6000]
+    python -m deploy.demo [--scenario NAME|PATH] [--edge-config PATH] [--speed 100]
+                          [--duration-s 6000]
 
 1. starts the local services (Kafka protocol broker, PostgreSQL),
 2. creates the ``plantprint_demo`` database and applies the migrations,
 3. runs the simulator (free ports, ground truth to ``.state/demo/``),
 4. runs an edge agent configured from ``deploy/edge/<scenario>.toml`` against
-   the simulator's actual ports, and the ingest consumer,
+   the simulator's actual ports, the ingest consumer and the compute worker
+   (site model ``deploy/sites/<scenario>.toml``),
 5. when the simulated run ends, drains the agent, waits for ingest to land
-   every frame, and prints what landed next to the simulator's ground truth.
+   every frame and for compute to finalise every batch, prints each batch's
+   footprint beside the ground truth with the error, and writes
+   ``demo-out/footprints.json`` (read back from the database) and
+   ``demo-out/ground_truth.json``.
+
+A scenario is a shipped name (small, plant, faults, stress) or a scenario file
+elsewhere; one that ``extends`` a shipped scenario uses that scenario's edge
+config and site model unless ``--edge-config`` says otherwise.
 
 Every process is stopped at the end, also on Ctrl-C or a failure.
 """
@@ -33,7 +42,9 @@ import tomli_w
 from rich.console import Console
 
 from deploy import devstack
+from deploy.demo_footprints import report_footprints, wait_for_finals
 from deploy.demo_report import print_report
+from deploy.demo_scenario import DemoScenario, resolve
 from deploy.procs import Endpoint, ServiceError, free_port, state_dir, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,17 +121,21 @@ def processes() -> Iterator[Processes]:
         procs.stop_all()
 
 
+HOLD_S = 10.0  # real seconds the plant waits at t = 0 for the agent to connect
+
 PROFILE_OF_FAMILY = {"sdm630": "sdm630", "pm5000": "pm5000", "em24": "em24",
                      "carbon": "carbon", "flow": "flow-gas"}
 
 
-def edge_config(scenario: str, endpoints: dict[str, Any], kafka: str, prefix: str) -> Path:
+def edge_config(sample_path: Path, endpoints: dict[str, Any], kafka: str, prefix: str) -> Path:
     """The sample agent config for the scenario, pointed at this run's ports and broker."""
-    sample_path = ROOT / "deploy" / "edge" / f"{scenario}.toml"
     sample = tomllib.loads(sample_path.read_text())
     where = {ep["meter"]: ep for ep in endpoints["modbus"]}
     for device in sample.get("modbus", []):
-        ep = where[device["meter"]]
+        ep = where.get(device["meter"])
+        if ep is None:
+            raise ServiceError(f"demo: {sample_path} polls meter {device['meter']}, which the "
+                               "scenario does not have")
         device["host"], device["port"], device["unit_id"] = ep["host"], ep["port"], ep["unit"]
         device["poll_interval_s"] = 0.5
     for server in sample.get("opcua", []):
@@ -139,13 +154,17 @@ def edge_config(scenario: str, endpoints: dict[str, Any], kafka: str, prefix: st
     return path
 
 
-def server_config(dsn: str, kafka: str, prefix: str, gateway: str, public_key: str) -> Path:
-    config = {
+def server_config(dsn: str, kafka: str, prefix: str, gateway: str, public_key: str,
+                  site: str, site_model: Path | None) -> Path:
+    config: dict[str, Any] = {
         "kafka": {"bootstrap_servers": [kafka], "topic_prefix": prefix,
                   "group": "plantprint-demo-ingest", "session_timeout_s": 6.0},
         "database": {"dsn": dsn},
         "metrics": {"port": 0},
         "gateways": {gateway: {"public_key": public_key}},
+        # readings every 0.5 s real = 50 simulated s at 100x: a gap is several missed polls
+        "compute": {"group": "plantprint-demo-compute", "metrics_port": 0,
+                    "sites": {site: str(site_model)} if site_model else {}},
     }
     path = demo_dir() / "server.toml"
     path.write_text(tomli_w.dumps(config))
@@ -192,43 +211,50 @@ def demo_services(keep: bool) -> Iterator[dict[str, Endpoint]]:
                           "--keep-services leaves them up)[/]")
 
 
-def run_demo(scenario: str, speed: float, duration_s: int, keep_services: bool) -> int:
+def run_demo(scenario: DemoScenario, speed: float, duration_s: int, keep_services: bool,
+             out: Path, database: str) -> int:
     shutil.rmtree(demo_dir(), ignore_errors=True)
     demo_dir().mkdir(parents=True)
     with demo_services(keep_services) as state:
-        return run_pipeline(state, scenario, speed, duration_s)
+        return run_pipeline(state, scenario, speed, duration_s, out, database)
 
 
 def run_pipeline(
-    state: dict[str, Endpoint], scenario: str, speed: float, duration_s: int
+    state: dict[str, Endpoint], scenario: DemoScenario, speed: float, duration_s: int,
+    out: Path, database: str = "plantprint_demo",
 ) -> int:
     py = sys.executable
     kafka, prefix = state["kafka"].url, f"demo{int(time.time())}."
-    dsn = create_database(state["postgres"].url)
+    dsn = create_database(state["postgres"].url, database)
     run_checked([py, "-m", "ingest", "migrate", "--dsn", dsn], "ingest migrate")
-    console.print(f"[bold]database[/] plantprint_demo migrated; Kafka at {kafka}")
+    console.print(f"[bold]database[/] {database} migrated; Kafka at {kafka}")
 
     truth, endpoints_file = demo_dir() / "ground-truth.jsonl", demo_dir() / "endpoints.json"
     with processes() as procs:
         procs.start("simulator", [
-            py, "-m", "simulators", "--scenario", f"deploy/scenarios/{scenario}.toml",
+            py, "-m", "simulators", "--scenario", str(scenario.path),
             "--speed", f"{speed:g}", "--duration-s", str(duration_s), "--seed", "1",
             "--ground-truth", str(truth), "--endpoints", str(endpoints_file),
             "--port-base", "0", "--opcua-port", "0",
+            # the agent polls from simulated t = 0: no batch starts before it is up
+            "--hold-s", f"{HOLD_S:g}",
         ])
         wait_until(lambda: procs.alive() and endpoints_file.exists(), 60,
                    "demo: simulator endpoints")
         endpoints = orjson.loads(endpoints_file.read_bytes())
-        config = edge_config(scenario, endpoints, kafka, prefix)
+        config = edge_config(scenario.edge_config, endpoints, kafka, prefix)
         gateway, public_key = run_checked(
             [py, "-m", "edge", "--config", str(config), "--init-key"], "edge --init-key"
         ).split()
         procs.start("edge", [py, "-m", "edge", "--config", str(config)])
-        procs.start("ingest", [py, "-m", "ingest", "--config",
-                               str(server_config(dsn, kafka, prefix, gateway, public_key))])
+        server = server_config(dsn, kafka, prefix, gateway, public_key, endpoints["site"],
+                               scenario.site_model)
+        procs.start("ingest", [py, "-m", "ingest", "--config", str(server)])
+        if scenario.site_model is not None:
+            procs.start("compute", [py, "-m", "compute", "--config", str(server)])
         sim = procs.procs["simulator"]
         real_s = duration_s / speed
-        console.print(f"[bold]simulator[/] {scenario}: {duration_s:.0f} simulated s at "
+        console.print(f"[bold]simulator[/] {scenario.name}: {duration_s:.0f} simulated s at "
                       f"{speed:g}x ≈ {real_s:.0f} s; logs in .state/demo/")
         with console.status("plant running") as status:
             while sim.poll() is None:
@@ -240,14 +266,27 @@ def run_pipeline(
         with console.status("draining the gateway spool and landing the last frames"):
             landed = wait_for_landing(dsn, procs)
         procs.stop("ingest")
+        if scenario.site_model is not None:
+            with console.status("compute finalising the batches"):
+                wait_for_finals(dsn, truth, procs.check_alive)
+            procs.stop("compute")
     console.print(f"[bold]landed[/] {landed:,} readings")
     print_report(console, dsn, truth)
+    if scenario.site_model is None:
+        console.print(f"[yellow]no site model for {scenario.name}: no footprints computed[/]")
+        return 0
+    report_footprints(console, dsn, truth, out)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.demo")
-    ap.add_argument("--scenario", default="small")
+    ap.add_argument("--scenario", default="small", help="shipped name or scenario file")
+    ap.add_argument("--edge-config", help="edge agent config (default: the scenario's)")
+    ap.add_argument("--database", default="plantprint_demo",
+                    help="database to (re)create on the local PostgreSQL")
+    ap.add_argument("--out", type=Path, default=ROOT / "demo-out",
+                    help="where footprints.json and ground_truth.json go")
     ap.add_argument("--speed", type=float, default=100.0)
     ap.add_argument("--duration-s", type=int, default=6000, help="simulated seconds")
     ap.add_argument("--keep-services", action="store_true",
@@ -255,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        return run_demo(args.scenario, args.speed, args.duration_s, args.keep_services)
+        scenario = resolve(args.scenario, args.edge_config)
+        return run_demo(scenario, args.speed, args.duration_s, args.keep_services, args.out,
+                        args.database)
     except ServiceError as exc:
         console.print(f"[red]demo failed:[/] {exc}")
         return 1

@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-opcua", action="store_true", help="do not start the OPC UA server")
     ap.add_argument("--endpoints", type=Path, default=None,
                     help="write the bound endpoints as JSON here once listening")
+    ap.add_argument("--hold-s", type=float, default=0.0,
+                    help="real seconds the plant holds at t = 0 after the servers listen "
+                         "(the endpoints file is written at once, its clock in the future)")
     ap.add_argument("--log-level", default="WARNING")
     return ap.parse_args(argv)
 
@@ -43,7 +46,7 @@ async def _serve(args: argparse.Namespace) -> None:
     options = RunOptions(speed=args.speed, seed=args.seed, duration_s=args.duration_s,
                          ground_truth=args.ground_truth, endpoints=args.endpoints,
                          port_base=args.port_base, opcua_port=args.opcua_port,
-                         opcua=not args.no_opcua)
+                         opcua=not args.no_opcua, hold_s=args.hold_s)
     if options.speed < 0:
         raise SimulatorError(f"--speed: expected >= 0, got {options.speed}")
     runner = PlantRunner(scenario, options)

@@ -36,6 +36,9 @@ class RunOptions:
     port_base: int | None = None  # None: the scenario's; 0: free ports
     opcua_port: int | None = None
     opcua: bool = True
+    # real seconds between the servers listening and simulated t = 0: clients (an edge
+    # agent) connect and read t = 0 values before the plant starts moving
+    hold_s: float = 0.0
 
 
 class PlantRunner:
@@ -82,8 +85,9 @@ class PlantRunner:
         """
         if self._t0 is not None:
             return
-        self._t0 = time.monotonic()  # paces the steps
-        self.origin_real_ns = time.time_ns()  # the same instant, as UTC epoch ns
+        hold = max(self.opt.hold_s, 0.0) if self.opt.speed > 0 else 0.0
+        self._t0 = time.monotonic() + hold  # paces the steps
+        self.origin_real_ns = time.time_ns() + int(hold * 1e9)  # the same instant, UTC ns
         if self.opt.endpoints is not None:
             _write_atomic(self.opt.endpoints, orjson.dumps(self.endpoints(),
                                                            option=orjson.OPT_INDENT_2))
@@ -119,6 +123,8 @@ class PlantRunner:
         self.begin_pacing()
         assert self._t0 is not None
         t0 = self._t0
+        while not self._stop.is_set() and time.monotonic() < t0:  # --hold-s
+            await asyncio.sleep(min(0.05, t0 - time.monotonic()))
         while not self._stop.is_set() and not self._done():
             if speed > 0:
                 due = int((time.monotonic() - t0) * speed / step_s) + 1
