@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -123,8 +124,9 @@ class PlantRunner:
         self.begin_pacing()
         assert self._t0 is not None
         t0 = self._t0
-        while not self._stop.is_set() and time.monotonic() < t0:  # --hold-s
-            await asyncio.sleep(min(0.05, t0 - time.monotonic()))
+        if time.monotonic() < t0:  # --hold-s: clients connect while t = 0 holds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), t0 - time.monotonic())
         while not self._stop.is_set() and not self._done():
             if speed > 0:
                 due = int((time.monotonic() - t0) * speed / step_s) + 1
