@@ -17,6 +17,7 @@ from pathlib import Path
 from compute.errors import ComputeError
 from edge.settings import ConfigError
 from ingest.config import load_config
+from ingest.errors import IngestError
 
 logger = logging.getLogger("compute")
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                "(e.g. sites = {{ \"demo-site\" = \"sites/small.toml\" }})")
         run_worker(cfg, load_sites(cfg.compute.sites, args.config.parent))
         return 0
-    except (ConfigError, ComputeError) as exc:
+    except (ConfigError, ComputeError, IngestError) as exc:
         print(f"compute: {exc}", file=sys.stderr)
         return 1
 

@@ -197,80 +197,59 @@ def _grow_i(a: I64, size: int) -> I64:
     return out
 
 
-@njit(cache=True, inline="always")  # called per part: no call or refcount cost
-def _share(portion: float, k: int, ptr: I64, member: I64, weight: F64, acc: F64,
-           seen: I64, touched: I64, nt: int, interval: int) -> int:
-    """Add ``portion`` to segment k's members pro rata; returns the new touched count."""
-    lo, hi = ptr[k], ptr[k + 1]
-    total = 0.0
-    last = hi - 1  # the remainder goes to the last member with a share
-    for p in range(lo, hi):
-        total += weight[p]
-        if weight[p] > 0.0:
-            last = p
-    rest = portion
-    for p in range(lo, hi):
-        if total > 0.0 and weight[p] <= 0.0:
-            continue
-        if p == last:
-            part = rest
-        elif total > 0.0:
-            part = portion * (weight[p] / total)
-        else:
-            part = portion / (hi - lo)
-        rest -= part
-        nt = _add(member[p], part, acc, seen, touched, nt, interval)
-    return nt
-
-
-@njit(cache=True, inline="always")  # called per part: no call or refcount cost
-def _add(batch: int, part: float, acc: F64, seen: I64, touched: I64, nt: int,
-         interval: int) -> int:
-    if seen[batch] != interval:
-        seen[batch] = interval
-        acc[batch] = 0.0
-        touched[nt] = batch
-        nt += 1
-    acc[batch] += part
-    return nt
-
-
-@njit(cache=True, inline="always")  # called per part: no call or refcount cost
-def _sort_small(a: I64, n: int) -> None:
-    """Insertion sort of a[:n] in place: an interval touches a few batches, no allocation."""
-    for x in range(1, n):
-        v = a[x]
-        y = x - 1
-        while y >= 0 and a[y] > v:
-            a[y + 1] = a[y]
-            y -= 1
-        a[y + 1] = v
-
-
 @njit(cache=True)
 def _allocate_impl(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, seg_end: I64,
                    ptr: I64, member: I64, weight: F64, b_start: I64, idle_next: np.int64
                    ) -> tuple[I64, I64, F64, F64]:
     n, m, nb = i_start.shape[0], seg_start.shape[0], b_start.shape[0]
-    unallocated = np.zeros(n, np.float64)
-    cap = n + 16
+    # per segment: its members' total weight and which member takes the remainder
+    seg_total = np.zeros(m, np.float64)
+    seg_last = np.empty(m, np.int64)
+    for k in range(m):
+        seg_last[k] = ptr[k + 1] - 1
+        for p in range(ptr[k], ptr[k + 1]):
+            seg_total[k] += weight[p]
+            if weight[p] > 0.0:
+                seg_last[k] = p
+    cap = n + nb + 16  # an interval adds at most nb pairs; _sweep stops to let us grow
     p_int = np.empty(cap, np.int64)
     p_bat = np.empty(cap, np.int64)
     p_en = np.empty(cap, np.float64)
-    npairs = 0
+    unallocated = np.zeros(n, np.float64)
     acc = np.zeros(nb, np.float64)
     seen = np.full(nb, -1, np.int64)  # the interval that last touched each batch
     touched = np.empty(nb, np.int64)
-    k = 0
-    for i in range(n):
+    i, k, npairs = 0, 0, 0
+    while True:
+        # the sweep itself never reassigns an array: numba keeps its loop free of refcounting
+        i, k, npairs = _sweep(i, k, npairs, i_start, i_end, i_energy, seg_start, seg_end, ptr,
+                              member, weight, seg_total, seg_last, b_start, idle_next, p_int,
+                              p_bat, p_en, unallocated, acc, seen, touched)
+        if i >= n:
+            return p_int[:npairs], p_bat[:npairs], p_en[:npairs], unallocated
+        cap = 2 * cap
+        p_int, p_bat, p_en = _grow_i(p_int, cap), _grow_i(p_bat, cap), _grow(p_en, cap)
+
+
+@njit(cache=True)
+def _sweep(i0: int, k: int, npairs: int, i_start: I64, i_end: I64, i_energy: F64,
+           seg_start: I64, seg_end: I64, ptr: I64, member: I64, weight: F64, seg_total: F64,
+           seg_last: I64, b_start: I64, idle_next: np.int64, p_int: I64, p_bat: I64,
+           p_en: F64, unallocated: F64, acc: F64, seen: I64, touched: I64
+           ) -> tuple[int, int, int]:
+    """Intervals from i0 on, until done or the pair buffers might not hold the next one."""
+    n, m, nb = i_start.shape[0], seg_start.shape[0], b_start.shape[0]
+    for i in range(i0, n):
+        if p_int.shape[0] - npairs < nb:
+            return i, k, npairs
         s, e, energy = i_start[i], i_end[i], i_energy[i]
-        nt = 0
-        idle = 0.0
         while k < m and seg_end[k] <= s:
             k += 1
+        nt = 0
+        idle = 0.0
+        rest = energy
         t = s
         kk = k
-        rest = energy
         while True:  # one part per segment or idle stretch, in time order
             while kk < m and seg_end[kk] <= t:
                 kk += 1
@@ -282,31 +261,60 @@ def _allocate_impl(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, seg_
             else:
                 part_end = e
             if part_end >= e:
-                portion = rest
+                portion = rest  # the last part takes the remainder
             else:
                 portion = energy * ((part_end - t) / (e - s))
                 rest -= portion
+            # (the bookkeeping of a batch's share is written out twice below: a helper
+            # taking the arrays would cost a refcounted call per part)
             if inside and ptr[kk + 1] > ptr[kk]:
-                nt = _share(portion, kk, ptr, member, weight, acc, seen, touched, nt, i)
-            elif idle_next and nb > 0:
-                q = np.searchsorted(b_start, t, side="right")  # next to start after t
+                lo, hi, total = ptr[kk], ptr[kk + 1], seg_total[kk]
+                share_left = portion
+                for p in range(lo, hi):
+                    w = weight[p]
+                    if total > 0.0 and w <= 0.0:
+                        continue
+                    if p == seg_last[kk]:
+                        part = share_left
+                    elif total > 0.0:
+                        part = portion * (w / total)
+                    else:
+                        part = portion / (hi - lo)
+                    share_left -= part
+                    b = member[p]
+                    if seen[b] != i:
+                        seen[b] = i
+                        acc[b] = 0.0
+                        touched[nt] = b
+                        nt += 1
+                    acc[b] += part
+            else:  # idle: no batch runs
+                q = nb
+                if idle_next:
+                    q = np.searchsorted(b_start, t, side="right")  # next to start after t
                 if q < nb:
-                    nt = _add(q, portion, acc, seen, touched, nt, i)
+                    if seen[q] != i:
+                        seen[q] = i
+                        acc[q] = 0.0
+                        touched[nt] = q
+                        nt += 1
+                    acc[q] += portion
                 else:
                     idle += portion
-            else:
-                idle += portion
             if part_end >= e:
                 break
             t = part_end
         unallocated[i] = idle
-        if npairs + nt > cap:
-            cap = max(2 * cap, npairs + nt)
-            p_int, p_bat, p_en = _grow_i(p_int, cap), _grow_i(p_bat, cap), _grow(p_en, cap)
-        _sort_small(touched, nt)
+        for x in range(1, nt):  # insertion sort: an interval touches a few batches
+            v = touched[x]
+            y = x - 1
+            while y >= 0 and touched[y] > v:
+                touched[y + 1] = touched[y]
+                y -= 1
+            touched[y + 1] = v
         for x in range(nt):
             b = touched[x]
             if acc[b] != 0.0:
                 p_int[npairs], p_bat[npairs], p_en[npairs] = i, b, acc[b]
                 npairs += 1
-    return p_int[:npairs], p_bat[:npairs], p_en[:npairs], unallocated
+    return n, k, npairs

@@ -26,6 +26,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
+from compute import metrics
 from compute.factors_lookup import FactorBook
 from compute.intake import Accepted, accept, group_readings
 from compute.site import SiteModel
@@ -34,6 +35,7 @@ from compute.sitespec import site_view
 from compute.store import ComputeStore
 from ingest.config import ServerConfig
 from ingest.kafka_wait import wait_for_kafka
+from ingest.metrics import serve
 from ingest.screen import Limits
 
 logger = logging.getLogger(__name__)
@@ -175,9 +177,11 @@ class ComputeWorker:
                 got = accept(rec, self._keys, self.cfg.limits.max_frame_bytes, limits)
                 if isinstance(got, str):
                     self.refused += 1
+                    metrics.FRAMES.labels("refused").inc()
                     continue
                 accepted.append(got)
-        self._commit(accepted, offsets)
+        with metrics.MICRO_BATCH.time():
+            self._commit(accepted, offsets)
 
     def _commit(self, accepted: list[Accepted], offsets: dict[TP, int]) -> None:
         conn = self.store.conn
@@ -190,6 +194,9 @@ class ComputeWorker:
                                "body: not used (ingest dead-letters them as seq_conflict)",
                                len(conflicts))
             fresh = [a for i, a in enumerate(accepted) if i in new]
+            metrics.FRAMES.labels("used").inc(len(fresh))
+            metrics.FRAMES.labels("seq_conflict").inc(len(conflicts))
+            metrics.FRAMES.labels("duplicate").inc(len(accepted) - len(fresh) - len(conflicts))
             for site, site_in in group_readings(fresh, self.models).items():
                 state = self._site(site)
                 for ev in site_in.events:
@@ -201,6 +208,7 @@ class ComputeWorker:
                     continue
                 self.store.write(cur, state, out)
                 published.extend(_messages(state, out))
+                _count(state, out)
             for (topic, partition), offset in sorted(offsets.items()):
                 cur.execute(
                     "INSERT INTO consumer_offset (consumer_group, topic, kafka_partition, "
@@ -238,8 +246,19 @@ def _messages(state: SiteState, out: Outcome) -> list[tuple[str, bytes]]:
         "inputs_sha256": fp.inputs_sha256})) for rev, status, fp in out.footprints]
 
 
+def _count(state: SiteState, out: Outcome) -> None:
+    site = state.view.model.site
+    metrics.INTERVALS.labels(site).inc(sum(len(iv) for iv in out.intervals.values()))
+    for _, status, _fp in out.footprints:
+        metrics.FOOTPRINTS.labels(site, status).inc()
+    if state.data_now_ns:
+        metrics.LAG.labels(site).set(time.time() - state.data_now_ns / 1e9)
+
+
 def run_worker(cfg: ServerConfig, models: dict[str, SiteModel]) -> None:
-    """The process: signals, the poll loop, a clean close."""
+    """The process: metrics endpoint, signals, the poll loop, a clean close."""
+    if cfg.compute.metrics_port:
+        serve(cfg.compute.metrics_port, cfg.metrics.addr, "[compute] metrics_port")
     worker = ComputeWorker(cfg, models)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
