@@ -90,7 +90,9 @@ def open_spool(config: SpoolConfig, gateway: str) -> Spool:
     try:
         return Spool(config, gateway)
     except (SpoolError, OSError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        # SpoolError's text repeats the path: SQLite's own words (its cause) suffice
+        cause = exc.__cause__ if isinstance(exc, SpoolError) else None
+        why = str(cause or (exc.strerror if isinstance(exc, OSError) else None) or exc)
         raise StartError("[spool] path", f"{path}: cannot create or open the spool: "
                                          f"{why}") from exc
 
