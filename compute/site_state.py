@@ -51,6 +51,9 @@ class Outcome:
     state_changes: list[tuple[str, int, int]] = field(default_factory=list)
     allocations: list[tuple[str, int, str, float, str]] = field(default_factory=list)
     footprints: list[tuple[int, str, Footprint]] = field(default_factory=list)
+    # intervals that arrived after their time was settled (a meter back from an outage):
+    # compute.revise recomputes the final batches they touch from the database
+    late: dict[str, Intervals] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not (self.intervals or self.batches or self.state_changes
@@ -105,12 +108,11 @@ class SiteState:
             if len(new) == 0:
                 continue
             self.data_now_ns = max(self.data_now_ns, int(new.end[-1]))
-            self.series.setdefault(meter, Intervals()).extend(new)
-            got = self.pending.intervals.get(meter)
-            if got is None:
-                self.pending.intervals[meter] = new
-            else:
-                got.extend(new)
+            _append(self.pending.intervals, meter, new)
+            k = int(np.searchsorted(new.end, self.settled_until, side="right"))
+            if k:
+                _append(self.pending.late, meter, new.slice(0, k))
+            self.series.setdefault(meter, Intervals()).extend(new.slice(k, len(new)))
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self) -> Outcome:
@@ -118,7 +120,7 @@ class SiteState:
         batches = sorted(self.batches.values(), key=lambda b: (b.start_ns, b.batch_id))
         alloc = allocate_site(self.view, self.series, batches, self.states)
         fps = batch_footprints(alloc, self.series, self.view.carriers,
-                               self.view.resolutions, *self._factor_maps())
+                               self.view.resolutions, *self.factor_maps())
         coverage = {m: iv.covered_until for m, iv in self.series.items()}
         for m, c in self.carry.items():
             coverage[m] = max(coverage.get(m, 0), c.energy.last_ts)
@@ -132,7 +134,7 @@ class SiteState:
         out, self.pending = self.pending, Outcome()
         return out
 
-    def _factor_maps(self) -> tuple[dict[str, Factor], dict[str, Factor]]:
+    def factor_maps(self) -> tuple[dict[str, Factor], dict[str, Factor]]:
         loc: dict[str, Factor] = {}
         mkt: dict[str, Factor] = {}
         at = self.data_now_ns
@@ -149,7 +151,7 @@ class SiteState:
                    coverage: Mapping[str, int], final_ids: set[str]) -> None:
         if fp is None:
             fp = Footprint(b)
-        loc, _ = self._factor_maps()
+        loc, _ = self.factor_maps()
         carbon_meter_flags(fp, loc, self.view.carbon_tolerance)
         prev = self.stored.get(b.batch_id)
         if prev is not None and prev.status != "provisional":
@@ -167,6 +169,10 @@ class SiteState:
         elif prev is None or changed(prev.energy, fp.energy) or prev.kg_location != \
                 fp.kgco2e_location:
             self._write(b, fp, 0, "provisional")
+
+    def record(self, b: Batch, fp: Footprint, revision: int, status: str) -> None:
+        """A revision computed outside the window (compute.revise), to be written."""
+        self._write(b, fp, revision, status)
 
     def _write(self, b: Batch, fp: Footprint, revision: int, status: str) -> None:
         self.stored[b.batch_id] = Stored(revision, status, dict(fp.energy), fp.kgco2e_location)
@@ -208,3 +214,10 @@ class SiteState:
             if other != 0.0:  # a parent's children, allocated through the children
                 rows.append((meter, int(iv.end[i]), "(children)", other, "children"))
 
+
+def _append(into: dict[str, Intervals], meter: str, new: Intervals) -> None:
+    got = into.get(meter)
+    if got is None:
+        into[meter] = new
+    else:
+        got.extend(new)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import psycopg
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
@@ -29,10 +30,12 @@ from kafka.errors import KafkaError
 from compute import metrics
 from compute.factors_lookup import FactorBook
 from compute.intake import Accepted, accept, group_readings
+from compute.revise import revise_late
 from compute.site import SiteModel
 from compute.site_state import Outcome, SiteState
 from compute.sitespec import site_view
 from compute.store import ComputeStore
+from edge.backoff import Backoff
 from ingest.config import ServerConfig
 from ingest.kafka_wait import wait_for_kafka
 from ingest.metrics import serve
@@ -63,6 +66,11 @@ class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
             self.pending |= {(tp.topic, tp.partition) for tp in assigned}
             self.changed = True
 
+    def force_reseek(self, tps: set[TP]) -> None:
+        with self.lock:
+            self.pending |= tps
+            self.changed = True
+
     def take(self) -> tuple[set[TP], bool]:
         with self.lock:
             fresh, changed = self.pending, self.changed
@@ -89,6 +97,7 @@ class ComputeWorker:
                                   cfg.database.connect_timeout_s)
         self.factors = FactorBook(self.store)
         self.sites: dict[str, SiteState] = {}
+        self._db_backoff = Backoff(0.5, cfg.database.reconnect_max_s)
         self.conflicts = 0
         self.refused = 0
 
@@ -154,7 +163,16 @@ class ComputeWorker:
             self.sites.clear()  # restored from the database when their data comes
         if not fresh:
             return fresh
-        stored = self.store.load_offsets(fresh)
+        try:
+            stored = self.store.load_offsets(fresh)
+        except psycopg.Error as exc:  # try again at the next poll; their records wait
+            self._listener.force_reseek(fresh)
+            self.store.close()
+            delay = self._db_backoff.next_delay()
+            logger.error("database unreachable for the stored offsets (%s); again in %.1f s",
+                         exc, delay)
+            self._stop.wait(delay)
+            return fresh
         for tp in sorted(fresh):
             try:
                 self._consumer.seek(TopicPartition(*tp), stored.get(tp, 0))
@@ -180,8 +198,35 @@ class ComputeWorker:
                     metrics.FRAMES.labels("refused").inc()
                     continue
                 accepted.append(got)
-        with metrics.MICRO_BATCH.time():
-            self._commit(accepted, offsets)
+        try:
+            with metrics.MICRO_BATCH.time():
+                self._commit(accepted, offsets)
+            self._db_backoff.reset()
+        except psycopg.OperationalError as exc:
+            self._rewind(f"database unreachable: {exc}")
+        except psycopg.Error as exc:  # a refusal for the data's or the schema's sake
+            self._rewind(f"database refused the micro-batch ({type(exc).__name__}: {exc})")
+
+    def _rewind(self, why: str) -> None:
+        """Nothing of the micro-batch is stored: forget the sites (their state ran ahead of
+        the database) and read again from the stored offsets, after a capped backoff."""
+        delay = self._db_backoff.next_delay()
+        logger.error("%s; nothing of this micro-batch was stored, retrying from the stored "
+                     "offsets in %.1f s", why, delay)
+        self.sites.clear()
+        self.store.close()
+        self._stop.wait(delay)
+        assert self._consumer is not None
+        try:
+            tps = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+            stored = self.store.load_offsets(tps)
+        except psycopg.Error as exc:
+            logger.error("database still unreachable: %s", exc)
+            tps, stored = set(), {}
+            self._listener.force_reseek(
+                {(tp.topic, tp.partition) for tp in self._consumer.assignment()})
+        for tp in sorted(tps):
+            self._consumer.seek(TopicPartition(*tp), stored.get(tp, 0))
 
     def _commit(self, accepted: list[Accepted], offsets: dict[TP, int]) -> None:
         conn = self.store.conn
@@ -203,12 +248,9 @@ class ComputeWorker:
                     state.apply_event(*ev)
                 state.apply_readings(site_in.readings, site_in.states)
             for state in self.sites.values():
-                out = state.evaluate()
-                if out.empty():
-                    continue
-                self.store.write(cur, state, out)
-                published.extend(_messages(state, out))
-                _count(state, out)
+                for out in self._evaluate(cur, state):
+                    published.extend(_messages(state, out))
+                    _count(state, out)
             for (topic, partition), offset in sorted(offsets.items()):
                 cur.execute(
                     "INSERT INTO consumer_offset (consumer_group, topic, kafka_partition, "
@@ -216,6 +258,18 @@ class ComputeWorker:
                     "kafka_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
                     "updated_at = now()", (self.cfg.compute.group, topic, partition, offset))
         self._publish(published)
+
+    def _evaluate(self, cur: Any, state: SiteState) -> list[Outcome]:
+        """The site's outcome, written; then revisions from late data, written too."""
+        out = state.evaluate()
+        if out.empty():
+            return []
+        self.store.write(cur, state, out)
+        if not out.late or not revise_late(cur, state, out.late):
+            return [out]
+        revisions, state.pending = state.pending, Outcome()
+        self.store.write(cur, state, revisions)
+        return [out, revisions]
 
     def _site(self, site: str) -> SiteState:
         state = self.sites.get(site)

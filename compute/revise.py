@@ -1,0 +1,117 @@
+"""Revisions from late data: a meter's readings arriving after its batches were final.
+
+A gateway down for longer than the site's ``final_timeout_s`` leaves its
+meters silent; the batches they serve are finalised with ``missing:<meter>``
+flags and their intervals leave the worker's memory. When the meter's data
+finally arrives, its intervals are *late* (their time is settled). For each
+final batch they touch (through the meter's scope or its parent's residual),
+this module reloads the batch's whole context from compute's own tables —
+every meter's intervals, the batches and machine states around it — inside the
+same transaction that has just stored the late intervals, recomputes the
+footprint with the same allocation and factors, and records a new revision
+(status ``revised``) when the number changed. Earlier revisions stay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import psycopg
+
+from compute.allocate import allocate_site
+from compute.footprint import batch_footprints, carbon_meter_flags
+from compute.lifecycle import changed
+from compute.model import Batch, Intervals, StateChanges, f64, i64
+from compute.site_state import SiteState
+from compute.store import ns_sql, ts_sql
+
+logger = logging.getLogger(__name__)
+
+Cursor = psycopg.Cursor[tuple[object, ...]]
+CONTEXT_NS = 3_600 * 10**9  # before a batch: idle energy that may be its (next_batch)
+
+
+def _affected_assets(state: SiteState, meters: Mapping[str, Intervals]) -> set[str]:
+    model = state.view.model
+    assets: set[str] = set()
+    for m in meters:
+        assets.update(state.view.scope(m))
+        parent = model.parent_of(m)
+        if parent is not None:  # a child's energy is in its parent's residual
+            assets.update(state.view.scope(parent))
+    return assets
+
+
+def _batches(cur: Cursor, site: str, lo: int, hi: int) -> list[Batch]:
+    cur.execute(f"SELECT batch_id, asset, product, {ns_sql('start_ts')}, {ns_sql('end_ts')}, "
+                f"quantity, unit FROM compute_batch WHERE site = %s AND start_ts < {ts_sql('%s')}"
+                f" AND (end_ts IS NULL OR end_ts > {ts_sql('%s')})", (site, hi, lo))
+    return [Batch(str(b), str(a), str(p), int(s),  # type: ignore[call-overload]
+                  None if e is None else int(e), q, u)  # type: ignore[call-overload, arg-type]
+            for b, a, p, s, e, q, u in cur.fetchall()]
+
+
+def _intervals(cur: Cursor, site: str, lo: int, hi: int) -> dict[str, Intervals]:
+    cur.execute(
+        f"SELECT meter, {ns_sql('start_ts')}, {ns_sql('end_ts')}, energy, estimated, flags, "
+        f"coalesce(power_start, 'NaN'), coalesce(power_end, 'NaN'), coalesce(co2, 'NaN') "
+        f"FROM energy_interval WHERE site = %s AND end_ts > {ts_sql('%s')} "
+        f"AND start_ts < {ts_sql('%s')} ORDER BY meter, end_ts", (site, lo, hi))
+    rows: dict[str, list[tuple[object, ...]]] = {}
+    for r in cur.fetchall():
+        rows.setdefault(str(r[0]), []).append(r[1:])
+    out = {}
+    for meter, rs in rows.items():
+        c = list(zip(*rs, strict=True))
+        out[meter] = Intervals(i64(c[0]), i64(c[1]), f64(c[2]), f64(c[3]), i64(c[4]),
+                               f64(c[5]), f64(c[6]), f64(c[7]))
+    return out
+
+
+def _states(cur: Cursor, site: str, lo: int, hi: int) -> dict[str, StateChanges]:
+    cur.execute(f"SELECT asset, {ns_sql('ts')}, code FROM compute_state_change WHERE site = %s "
+                f"AND ts >= {ts_sql('%s')} AND ts <= {ts_sql('%s')} ORDER BY ts", (site, lo, hi))
+    out: dict[str, StateChanges] = {}
+    for asset, ts, code in cur.fetchall():
+        out.setdefault(str(asset), StateChanges()).add(i64([ts]), i64([code]))
+    return out
+
+
+def revise_late(cur: Cursor, state: SiteState, late: Mapping[str, Intervals]) -> int:
+    """Recompute the final batches ``late`` intervals touch; revisions go to ``state``'s
+    pending outcome (the caller writes them). Returns how many batches were revised."""
+    if not late:
+        return 0
+    site = state.view.model.site
+    lo = min(int(iv.start[0]) for iv in late.values())
+    hi = max(int(iv.end[-1]) for iv in late.values())
+    assets = _affected_assets(state, late)
+    revised = 0
+    for b in _batches(cur, site, lo, hi):
+        prev = state.stored.get(b.batch_id)
+        if b.asset not in assets or b.end_ns is None or prev is None \
+                or prev.status == "provisional":
+            continue
+        ctx_lo, ctx_hi = b.start_ns - CONTEXT_NS, b.end_ns + CONTEXT_NS
+        series = _intervals(cur, site, ctx_lo, ctx_hi)
+        batches = sorted(_batches(cur, site, ctx_lo, ctx_hi),
+                         key=lambda x: (x.start_ns, x.batch_id))
+        alloc = allocate_site(state.view, series, batches, _states(cur, site, ctx_lo, ctx_hi))
+        loc, mkt = state.factor_maps()
+        fp = batch_footprints(alloc, series, state.view.carriers, state.view.resolutions,
+                              loc, mkt)[b.batch_id]
+        if not changed(prev.energy, fp.energy):
+            continue
+        carbon_meter_flags(fp, loc, state.view.carbon_tolerance)
+        missing = [m for m in state.view.meters_for(b.asset)
+                   if m not in series or series[m].covered_until <= b.end_ns]
+        fp.flags.update(f"missing:{m}" for m in missing)
+        fp.flags.update(f"late_data:{m}" for m in late if np.any(
+            (late[m].start < b.end_ns) & (late[m].end > b.start_ns)))
+        state.record(b, fp, prev.revision + 1, "revised")
+        revised += 1
+        logger.info("batch %s: late data from %s revises its footprint (revision %d)",
+                    b.batch_id, ", ".join(sorted(late)), prev.revision + 1)
+    return revised
