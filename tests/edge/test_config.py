@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.config import ConfigError, load_config
+from edge.logs import EDGE_LIBRARIES
 from edge.profiles import load_profile
 from edge.requests import plan_requests
 
@@ -86,6 +89,22 @@ profile = "em24"
 """
 
 
+OPCUA = """
+[[opcua]]
+name = "plc"
+endpoint = "opc.tcp://127.0.0.1:4840"
+publishing_interval_s = 0.25
+[[opcua.nodes]]
+node = "ns=2;s=Oven.Energy"
+meter = "M-OVEN"
+channel = "energy"
+sampling_interval_s = 0.02
+[[opcua.mes]]
+asset = "oven"
+state = "ns=2;s=Oven.State"
+"""
+
+
 def _write(tmp_path: Path, text: str, name: str = "site.toml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
@@ -114,6 +133,17 @@ def test_profile_path_is_relative_to_the_config_file(tmp_path: Path, monkeypatch
     assert load_config(path.name).modbus[0].register_map.family == "em24"
 
 
+@pytest.fixture
+def library_log_levels() -> Iterator[None]:
+    """main() quiets the client libraries' loggers for the process; give them back after,
+    or later tests that read kafka-python's log (tests/tls) see nothing."""
+    saved = {name: logging.getLogger(name).level for name in EDGE_LIBRARIES}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.usefixtures("library_log_levels")
 def test_init_key_refuses_an_invalid_key_file_with_a_clear_error(tmp_path: Path, capsys):
     from edge.__main__ import main
 
@@ -149,6 +179,14 @@ def test_init_key_refuses_an_invalid_key_file_with_a_clear_error(tmp_path: Path,
             "reconnect_delay_max_s must be >= reconnect_delay_s",
         ),
         ("site = [", "", "not valid TOML"),
+        # durations are seconds in every config (keys ending _s); the old _ms keys are gone
+        (BASE + "linger_ms = 5\n", "outputs.kafka.linger_ms", "Extra inputs"),
+        (BASE + OPCUA.replace("publishing_interval_s = 0.25", "publishing_interval_ms = 250"),
+         "opcua[0].publishing_interval_ms", "Extra inputs"),
+        (BASE.replace('["127.0.0.1:9092"]', '"127.0.0.1:9092"') + DEVICE,
+         "outputs.kafka.bootstrap_servers", "valid list"),
+        (BASE + DEVICE + '[outputs.mqtt]\nurl = "mqtt://broker"\ntls = true\n',
+         "outputs.mqtt.tls", "Extra inputs"),
     ],
 )
 def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expectation):
@@ -159,6 +197,13 @@ def test_bad_config_names_file_key_and_expectation(tmp_path, text, key, expectat
     assert message.startswith(str(path))
     assert key in message
     assert expectation in message
+
+
+def test_opcua_intervals_are_seconds_in_the_config_and_ms_on_the_wire(tmp_path: Path):
+    server = load_config(_write(tmp_path, BASE + OPCUA)).opcua[0]
+    assert (server.publishing_interval_s, server.publishing_interval_ms) == (0.25, 250.0)
+    assert server.nodes[0].sampling_interval_ms == 20.0
+    assert (server.mes[0].sampling_interval_s, server.mes[0].sampling_interval_ms) == (0.5, 500)
 
 
 def test_inline_profile_and_bad_word_order(tmp_path: Path):
