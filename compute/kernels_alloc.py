@@ -211,7 +211,9 @@ def _allocate_impl(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, seg_
             seg_total[k] += weight[p]
             if weight[p] > 0.0:
                 seg_last[k] = p
-    cap = n + nb + 16  # an interval adds at most nb pairs; _sweep stops to let us grow
+    # pairs are mostly one or two per interval; pages never written cost nothing, and
+    # growing (a copy) is dearer than a generous start. _sweep stops short when full.
+    cap = 2 * n + 16
     p_int = np.empty(cap, np.int64)
     p_bat = np.empty(cap, np.int64)
     p_en = np.empty(cap, np.float64)
@@ -227,7 +229,7 @@ def _allocate_impl(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, seg_
                               p_bat, p_en, unallocated, acc, seen, touched)
         if i >= n:
             return p_int[:npairs], p_bat[:npairs], p_en[:npairs], unallocated
-        cap = 2 * cap
+        cap = max(2 * cap, npairs + nb + 16)  # room for interval i's pairs at least
         p_int, p_bat, p_en = _grow_i(p_int, cap), _grow_i(p_bat, cap), _grow(p_en, cap)
 
 
@@ -239,12 +241,33 @@ def _sweep(i0: int, k: int, npairs: int, i_start: I64, i_end: I64, i_energy: F64
            ) -> tuple[int, int, int]:
     """Intervals from i0 on, until done or the pair buffers might not hold the next one."""
     n, m, nb = i_start.shape[0], seg_start.shape[0], b_start.shape[0]
+    cap = p_int.shape[0]
     for i in range(i0, n):
-        if p_int.shape[0] - npairs < nb:
-            return i, k, npairs
         s, e, energy = i_start[i], i_end[i], i_energy[i]
         while k < m and seg_end[k] <= s:
             k += 1
+        if k < m and seg_start[k] <= s and e <= seg_end[k] and ptr[k + 1] > ptr[k]:
+            # the common case: the whole interval inside one segment with batches running;
+            # members are distinct and ascending, so the pairs go out as they come
+            lo, hi, total = ptr[k], ptr[k + 1], seg_total[k]
+            if npairs + hi - lo > cap:
+                return i, k, npairs
+            share_left = energy
+            for p in range(lo, hi):
+                w = weight[p]
+                if total > 0.0 and w <= 0.0:
+                    continue
+                if p == seg_last[k]:
+                    part = share_left
+                elif total > 0.0:
+                    part = energy * (w / total)
+                else:
+                    part = energy / (hi - lo)
+                share_left -= part
+                if part != 0.0:
+                    p_int[npairs], p_bat[npairs], p_en[npairs] = i, member[p], part
+                    npairs += 1
+            continue
         nt = 0
         idle = 0.0
         rest = energy
@@ -305,6 +328,10 @@ def _sweep(i0: int, k: int, npairs: int, i_start: I64, i_end: I64, i_energy: F64
                 break
             t = part_end
         unallocated[i] = idle
+        if npairs + nt > cap:  # no room: forget this interval, the caller grows and resumes
+            for x in range(nt):
+                seen[touched[x]] = -1
+            return i, k, npairs
         for x in range(1, nt):  # insertion sort: an interval touches a few batches
             v = touched[x]
             y = x - 1

@@ -203,3 +203,19 @@ def test_split_at_knots_matches_the_reference_and_keeps_totals_exact(
     np.testing.assert_allclose(got[2], [x for _, _, x, _ in want], rtol=1e-12, atol=1e-12)
     for i in range(n):  # two floats that add up to the interval's energy, exactly
         assert got[2][got[3] == i].sum() == energy[i]
+
+
+@pytest.mark.parametrize("idle_next", [0, 1])
+def test_more_pairs_than_intervals_grow_the_output(idle_next: int) -> None:
+    # 40 batches on one asset, staggered: intervals inside one segment and across many
+    rng = np.random.default_rng(3)
+    b_start = np.sort(rng.integers(0, 50, 40)).astype(np.int64)
+    batches = (b_start, b_start + rng.integers(5, 200, 40), rng.uniform(0.5, 5.0, 40))
+    iv = (i64(-10, 20, 60, 61, 100), i64(20, 60, 61, 100, 400), f64(5.0, 7.0, 1.0, 3.0, 9.0))
+    pi, pb, pe, unalloc = allocate(iv, batches, idle_next)
+    assert len(pi) > 2 * len(iv[0]) + 16  # past the first buffer
+    want, want_unalloc = ref.allocate_steps(
+        iv[0].tolist(), iv[1].tolist(), iv[2].tolist(), batches[0].tolist(),
+        batches[1].tolist(), batches[2].tolist(), bool(idle_next))
+    assert_pairs_close(as_pairs(pi, pb, pe), want, 25.0)
+    np.testing.assert_allclose(unalloc, want_unalloc, atol=1e-9)
