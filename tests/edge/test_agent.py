@@ -306,7 +306,8 @@ async def test_sigkill_mid_run_then_restart_loses_no_frame(
     config = config_from_dict(data, site)
 
     first = _start_agent(site, log)
-    await asyncio.sleep(3.0)
+    # on a busy machine the interpreter alone may take seconds to start: wait for frames
+    await _until_spooled(config.spool.path, 3, first, log)
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait(10) == -signal.SIGKILL
     with Spool(config.spool, config.gateway) as spool:
@@ -314,7 +315,7 @@ async def test_sigkill_mid_run_then_restart_loses_no_frame(
     assert before_kill >= 3, log.read_text()
 
     second = _start_agent(site, log)
-    await asyncio.sleep(3.0)
+    await _until_spooled(config.spool.path, before_kill + 3, second, log)
     second.send_signal(signal.SIGTERM)
     assert second.wait(20) == 0, log.read_text()
     with Spool(config.spool, config.gateway) as spool:
@@ -330,6 +331,32 @@ async def test_sigkill_mid_run_then_restart_loses_no_frame(
         # at-least-once: a re-sent sequence number carries the very same signed bytes
         assert by_seq.setdefault(frame.seq, rec.value) == rec.value
     assert sorted(by_seq) == list(range(total)), f"missing {set(range(total)) - set(by_seq)}"
+
+
+def _spooled(path: Path) -> int:
+    """Readings frames spooled so far, read-only while the agent writes (WAL)."""
+    import sqlite3
+
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT next_seq FROM sequence WHERE stream = 'readings'").fetchone()
+    except sqlite3.OperationalError:  # the agent has not created the tables yet
+        return 0
+    finally:
+        db.close()
+    return int(row[0]) if row is not None else 0
+
+
+async def _until_spooled(
+    path: Path, frames: int, agent: subprocess.Popen[bytes], log: Path, within_s: float = 60.0
+) -> None:
+    """Until the agent process has spooled ``frames`` readings frames."""
+    async with asyncio.timeout(within_s):
+        while await asyncio.to_thread(_spooled, path) < frames:
+            assert agent.poll() is None, f"the agent exited ({agent.returncode}): see {log}"
+            await asyncio.sleep(0.1)
 
 
 def _write_toml(data: dict[str, Any], path: Path) -> None:
