@@ -299,9 +299,11 @@ class MqttSecurity(Frozen):
         if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
             raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {value!r}")
         try:
-            parsed.port  # noqa: B018 -- raises on a port that is not a number or out of range
+            port = parsed.port  # raises on a port that is not a number or out of range
         except ValueError as exc:
             raise ValueError(f"{value!r}: {exc}") from None
+        if port == 0:
+            raise ValueError(f"{value!r}: port 0 is no broker's port")
         if parsed.username is not None or parsed.password is not None:
             raise ValueError("the URL carries a login: put it in username and password")
         if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
