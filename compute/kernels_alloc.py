@@ -117,8 +117,11 @@ def _segments_impl(b_start: I64, b_end: I64, b_weight: F64
             bounds[nu] = p
             nu += 1
     nseg = max(nu - 1, 0)
-    first = np.searchsorted(bounds[:nu], b_start)  # a batch covers segments [first, last)
-    last = np.searchsorted(bounds[:nu], b_end)
+    first = np.empty(nb, np.int64)  # a batch covers segments [first, last)
+    last = np.empty(nb, np.int64)
+    for j in range(nb):
+        first[j] = _bisect(bounds, nu, b_start[j], False)
+        last[j] = _bisect(bounds, nu, b_end[j], False)
     ptr = np.zeros(nseg + 1, np.int64)
     for j in range(nb):
         for k in range(first[j], last[j]):
@@ -134,6 +137,20 @@ def _segments_impl(b_start: I64, b_end: I64, b_weight: F64
             weight[fill[k]] = b_weight[j]
             fill[k] += 1
     return bounds[: nseg], bounds[1: nseg + 1], ptr, member, weight
+
+
+@njit(cache=True)
+def _bisect(a: I64, n: int, x: int, after: bool) -> int:
+    """First index in sorted a[:n] with a[i] > x (``after``) or a[i] >= x (np.searchsorted
+    right / left, written out: numba's generic one costs seconds of compile time)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[mid] < x or (after and a[mid] == x):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def allocate_overlap(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, seg_end: I64,
@@ -219,7 +236,8 @@ def _allocate_impl(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, seg_
     p_en = np.empty(cap, np.float64)
     unallocated = np.zeros(n, np.float64)
     acc = np.zeros(nb, np.float64)
-    seen = np.full(nb, -1, np.int64)  # the interval that last touched each batch
+    seen = np.empty(nb, np.int64)  # the interval that last touched each batch
+    seen[:] = -1
     touched = np.empty(nb, np.int64)
     i, k, npairs = 0, 0, 0
     while True:
@@ -268,6 +286,18 @@ def _sweep(i0: int, k: int, npairs: int, i_start: I64, i_end: I64, i_energy: F64
                     p_int[npairs], p_bat[npairs], p_en[npairs] = i, member[p], part
                     npairs += 1
             continue
+        if k >= m or e <= seg_start[k] or (
+                seg_start[k] <= s and e <= seg_end[k] and ptr[k + 1] == ptr[k]):
+            # the whole interval idle: before, between or after the batches
+            q = _bisect(b_start, nb, s, True) if idle_next else nb
+            if q >= nb:
+                unallocated[i] = energy
+            elif energy != 0.0:
+                if npairs >= cap:
+                    return i, k, npairs
+                p_int[npairs], p_bat[npairs], p_en[npairs] = i, q, energy
+                npairs += 1
+            continue
         nt = 0
         idle = 0.0
         rest = energy
@@ -314,7 +344,7 @@ def _sweep(i0: int, k: int, npairs: int, i_start: I64, i_end: I64, i_energy: F64
             else:  # idle: no batch runs
                 q = nb
                 if idle_next:
-                    q = np.searchsorted(b_start, t, side="right")  # next to start after t
+                    q = _bisect(b_start, nb, t, True)  # the next batch to start after t
                 if q < nb:
                     if seen[q] != i:
                         seen[q] = i

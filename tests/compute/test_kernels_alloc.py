@@ -219,3 +219,10 @@ def test_more_pairs_than_intervals_grow_the_output(idle_next: int) -> None:
         batches[1].tolist(), batches[2].tolist(), bool(idle_next))
     assert_pairs_close(as_pairs(pi, pb, pe), want, 25.0)
     np.testing.assert_allclose(unalloc, want_unalloc, atol=1e-9)
+
+
+def test_idle_before_a_zero_length_batch_goes_to_it_then_to_the_next() -> None:
+    # a batch of no duration at 10, the next at 20: steps 5..9 go to the first, 10..14 on
+    pi, pb, pe, unalloc = allocate((i64(5), i64(15), f64(10.0)),
+                                   (i64(10, 20), i64(10, 30), f64(1.0, 1.0)), 1)
+    assert as_pairs(pi, pb, pe) == {(0, 0): 5.0, (0, 1): 5.0} and unalloc.tolist() == [0.0]
