@@ -113,8 +113,9 @@ def _knots(iv: Intervals, bounds: I64, states: Sequence[StateChanges]) -> tuple[
     changes = np.unique(np.concatenate([s.ts for s in states])) if states else i64()
     if len(changes):
         for i in np.flatnonzero(inside):
-            lo, hi = np.searchsorted(changes, [iv.start[i], iv.end[i]], side="right")
-            if hi > lo:  # state change(s) inside: the one nearest the MES boundary
+            lo = np.searchsorted(changes, iv.start[i], side="right")
+            hi = np.searchsorted(changes, iv.end[i], side="left")
+            if hi > lo:  # state change(s) strictly inside: the one nearest the MES boundary
                 cand = changes[lo:hi]
                 knot[i] = cand[np.argmin(np.abs(cand - knot[i]))]
                 by_state[i] = 1
@@ -165,7 +166,7 @@ def allocate_meter(meter: str, spec: MeterSpec, iv: Intervals, scope: Scope,
     s_start, s_end, s_energy, s_parent = kernels.split_at_knots(
         iv.start, iv.end, iv.energy, knot, w_before, w_after)
     pi_seg, pb, pe, unalloc_seg = _allocate(s_start, s_end, s_energy, scope, idle_next)
-    pi = s_parent[pi_seg] if len(pi_seg) else i64()
+    pi, pb, pe = _per_interval(s_parent[pi_seg] if len(pi_seg) else i64(), pb, pe)
     unalloc = np.bincount(s_parent, weights=unalloc_seg, minlength=len(iv)) if len(iv) else f64()
     straddle = knot >= 0
     # linear split of a boundary interval: what the other method moved, as a bound
@@ -176,6 +177,16 @@ def allocate_meter(meter: str, spec: MeterSpec, iv: Intervals, scope: Scope,
     _record_methods(methods, batches, pi, pb, straddle, by_power, by_state)
     return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), iv.energy, pair_unc,
                            pe * frac_est[pi] if len(pi) else f64())
+
+
+def _per_interval(pi: I64, pb: I64, pe: F64) -> tuple[I64, I64, F64]:
+    """Pairs of segments summed per (interval, batch): a split interval's two parts may
+    go to the same batch."""
+    if len(pi) == 0:
+        return pi, pb, pe
+    keys, inverse = np.unique(np.stack([pi, pb]), axis=1, return_inverse=True)
+    return i64(keys[0]), i64(keys[1]), f64(np.bincount(inverse.ravel(), weights=pe,
+                                                        minlength=keys.shape[1]))
 
 
 def _pair_uncertainty(iv: Intervals, pi: I64, pe: F64, straddle: np.ndarray,

@@ -144,12 +144,15 @@ def _finish_digest(h: hashlib._Hash, fp: Footprint) -> str:
     return h.hexdigest()
 
 
-def carbon_meter_flags(fp: Footprint, location: Mapping[str, Factor], tolerance: float) -> None:
-    """Flag a smart carbon meter whose own kgCO2 for the batch strays from ours."""
+def carbon_meter_flags(fp: Footprint, location: Mapping[str, Factor], tolerance: float,
+                       co2_resolution_kg: Mapping[str, float]) -> None:
+    """Flag a smart carbon meter whose own kgCO2 for the batch strays from ours by more
+    than ``tolerance`` (relative) beyond its counter's resolution (one count each end)."""
     loc = location.get("electricity")
     if loc is None:
         return
     for meter, kg in fp.carbon_meter_kg.items():
         ours = fp.carbon_meter_energy.get(meter, 0.0) * loc.value
-        if ours > 0 and abs(kg - ours) / ours > tolerance:
+        allowed = tolerance * ours + 2 * co2_resolution_kg.get(meter, 0.0)
+        if ours > 0 and abs(kg - ours) > allowed:
             fp.flags.add(f"carbon_meter_deviation:{meter}")

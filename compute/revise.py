@@ -104,7 +104,8 @@ def revise_late(cur: Cursor, state: SiteState, late: Mapping[str, Intervals]) ->
                               loc, mkt)[b.batch_id]
         if not changed(prev.energy, fp.energy):
             continue
-        carbon_meter_flags(fp, loc, state.view.carbon_tolerance)
+        carbon_meter_flags(fp, loc, state.view.carbon_tolerance,
+                           state.view.co2_resolution_kg)
         missing = [m for m in state.view.meters_for(b.asset)
                    if m not in series or series[m].covered_until <= b.end_ns]
         fp.flags.update(f"missing:{m}" for m in missing)

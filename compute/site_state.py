@@ -152,7 +152,7 @@ class SiteState:
         if fp is None:
             fp = Footprint(b)
         loc, _ = self.factor_maps()
-        carbon_meter_flags(fp, loc, self.view.carbon_tolerance)
+        carbon_meter_flags(fp, loc, self.view.carbon_tolerance, self.view.co2_resolution_kg)
         prev = self.stored.get(b.batch_id)
         if prev is not None and prev.status != "provisional":
             if b.batch_id in final_ids and not changed(prev.energy, fp.energy):

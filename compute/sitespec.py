@@ -26,8 +26,9 @@ class SiteSpecView:
     carriers: Mapping[str, str]
     resolutions: Mapping[str, float]  # canonical unit per count
     scopes: Mapping[str, tuple[str, ...]]
-    power_channels: Mapping[str, str]  # channel -> meter is the other way round; see by_channel
+    power_channels: Mapping[str, str]  # meter -> its power channel
     gap_s: float
+    co2_resolution_kg: Mapping[str, float]  # smart carbon meters' CO2 counter, kg per count
 
     # the allocation core's SiteSpec protocol
     @property
@@ -87,4 +88,6 @@ def site_view(model: SiteModel, gap_s: float) -> SiteSpecView:
         power_channels={mid: m.power_channel for mid, m in model.meters.items()
                         if m.power_channel},
         gap_s=gap_s,
+        co2_resolution_kg={mid: m.carbon.co2_resolution for mid, m in model.meters.items()
+                           if m.carbon is not None},
     )

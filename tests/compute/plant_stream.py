@@ -105,11 +105,13 @@ class Stream:
                     rows.append(Reading(m, "co2", T0 + t * S, math.floor(co2 * 10) / 10, "kg",
                                         "good"))
                 (held if m in hold_back else readings).extend(rows)
-            for asset in states:
-                code = 3 if running(asset, t) else 1
-                if code != states[asset]:
-                    states[asset] = code
-                    readings.append(Reading(asset, "state", T0 + t * S, code, "state", "good"))
+            for asset in states:  # changes since the last poll, at their own (source) time
+                for at in range(max(0, t - self.poll_s + 1), t + 1):
+                    code = 3 if running(asset, at) else 1
+                    if code != states[asset]:
+                        states[asset] = code
+                        readings.append(Reading(asset, "state", T0 + at * S, code, "state",
+                                                "good"))
             for rows, out in ((readings, on_time), (held, late)):
                 if rows:
                     seq["readings"] += 1
