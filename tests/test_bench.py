@@ -26,6 +26,6 @@ def test_quick_bench_reports_every_area(tmp_path: Path, services) -> None:
     report = orjson.loads((tmp_path / "bench.json").read_bytes())
     assert report["failed"] == []
     names = {(f["area"], f["name"]) for f in report["figures"]}
-    assert {area for area, _ in names} == {"wire", "edge", "ingest", "simulators"}
+    assert {area for area, _ in names} == {"wire", "edge", "ingest", "simulators", "compute"}
     for figure in report["figures"]:
         assert figure["value"] > 0 and figure["baseline_value"] > 0, figure
