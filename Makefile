@@ -1,6 +1,7 @@
 # plantprint — every target sets up what it needs on a fresh machine.
 #   make demo   the simulated plant end to end
 #   make test   lint, type checks and the whole suite against real local services
+#   make test-fast  the tests that need no service and no simulated plant (seconds)
 #   make bench  the benchmark table (bench-out/bench.json)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.plantprint-installed
 
-.PHONY: venv demo test bench lint services-up services-down clean
+.PHONY: venv demo test test-fast bench lint services-up services-down clean
 
 $(STAMP): pyproject.toml deploy/setup-system.sh
 	bash deploy/setup-system.sh
@@ -26,6 +27,13 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+# Tests marked services or slow (tests/conftest.py marks them by fixture) are left out;
+# property tests run at most 20 examples each (the fast hypothesis profile, same file).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not services and not slow" --hypothesis-profile=fast; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
 bench: $(STAMP)

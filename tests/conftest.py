@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from deploy import devstack
 from deploy.procs import ServiceError, pid_alive
@@ -197,15 +198,44 @@ def pytest_fixture_setup(
 # since an item's fixture closure is transitive; the others start or address a
 # broker without it.
 SERVICE_FIXTURES = frozenset({"services", "broker_factory", "topic_prefix"})
+# Fixtures that run a simulated plant (in process or as a child process) for
+# seconds of real time: tests/simulators' plant_factory, the edge's simulator
+# and fast_simulator.
+SLOW_FIXTURES = frozenset({"plant_factory", "simulator", "fast_simulator"})
+
+
+# make test-fast runs with --hypothesis-profile=fast: every property test, but
+# with at most this many examples, even one that asks for more with @settings.
+FAST_PROFILE = "fast"
+hypothesis_settings.register_profile(FAST_PROFILE, max_examples=20)
+
+
+def _cap_examples(item: pytest.Item, cap: int) -> None:
+    test = getattr(item, "obj", None)
+    # where @given and @settings keep a test's settings (read at each call)
+    current = getattr(test, "_hypothesis_internal_use_settings", None)
+    if current is not None and current.max_examples > cap:
+        test._hypothesis_internal_use_settings = hypothesis_settings(  # type: ignore[union-attr]
+            current, max_examples=cap)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``services`` every test whose fixtures reach a real service, so that
-    ``-m "not services and not slow"`` (make test-fast) needs none."""
+    """Mark ``services`` every test whose fixtures reach a real service and ``slow``
+    every test that runs a simulated plant, so that ``-m "not services and not
+    slow"`` (make test-fast) needs no service and takes seconds.
+
+    Tests that start a broker or a protocol server of their own without these
+    fixtures carry the mark themselves.
+    """
+    fast = config.getoption("hypothesis_profile", None) == FAST_PROFILE
     for item in items:
         closure = set(getattr(item, "fixturenames", ()))
         if closure & SERVICE_FIXTURES and item.get_closest_marker("services") is None:
             item.add_marker(pytest.mark.services)
+        if closure & SLOW_FIXTURES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+        if fast:
+            _cap_examples(item, hypothesis_settings.get_profile(FAST_PROFILE).max_examples)
 
 
 def pytest_report_header() -> list[str]:

@@ -14,6 +14,10 @@ import pytest
 from deploy import devstack, embedded_pg, mosquitto, pg_binaries, procs
 from deploy.tansu import TansuBroker
 
+# Every test here starts real services of its own (tansu, Mosquitto, PostgreSQL)
+# or the shared ones; none belongs in make test-fast.
+pytestmark = pytest.mark.services
+
 
 @pytest.fixture
 def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -6,6 +6,7 @@ import io
 import re
 import socket
 
+import pytest
 from test_modbus import INTENDED, PROFILES, simulator_port
 
 from edge.check import check, rows_of, run_check
@@ -94,6 +95,7 @@ def test_check_exit_code_and_table(tmp_path):
 # ------------------------------------------------------------------ OPC UA
 
 
+@pytest.mark.slow
 async def test_opcua_nodes_are_read_once_against_the_simulator(tmp_path):
     """The simulator's OPC UA server: every node a row; an unknown node fails the check."""
     import asyncio

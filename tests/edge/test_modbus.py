@@ -281,6 +281,7 @@ async def run_pollers(pollers: list[ModbusPoller], seconds: float) -> dict[str, 
     return got
 
 
+@pytest.mark.slow
 async def test_unreachable_meters_do_not_slow_the_others():
     """A refused port and a hung one (timeouts) next to a good meter polled every 100 ms."""
     profile = Profile.model_validate(
@@ -403,6 +404,7 @@ async def test_simulator_types_and_orders_are_all_covered():
     assert {o for _, o in used} == set(WORD_ORDERS)
 
 
+@pytest.mark.slow
 async def test_simulator_busy_and_dropped_units_stay_isolated():
     """Behind one simulated gateway port: a busy unit and a silent one next to a good one."""
     from simulators.modbus_server import UnitSlot

@@ -176,6 +176,7 @@ def test_config_refuses_inconsistent_security_and_bad_node_ids(tmp_path: Path) -
 # ------------------------------------------------------------ against a server
 
 
+@pytest.mark.slow
 async def test_values_arrive_with_source_timestamps_and_quality() -> None:
     server = PlantServer()
     await server.start()
@@ -203,6 +204,7 @@ async def test_values_arrive_with_source_timestamps_and_quality() -> None:
     assert (state.value, state.unit, state.ts_ns) == (3, "state", ns(T0 + dt.timedelta(seconds=2)))
 
 
+@pytest.mark.slow
 async def test_absolute_deadband_suppresses_small_changes() -> None:
     server = PlantServer()
     await server.start()
@@ -222,6 +224,7 @@ async def test_absolute_deadband_suppresses_small_changes() -> None:
     assert seen[-2:] == [100.0, 110.0]
 
 
+@pytest.mark.slow
 async def test_batch_slot_changes_become_batch_events() -> None:
     server = PlantServer()
     await server.start()
@@ -247,6 +250,7 @@ async def test_batch_slot_changes_become_batch_events() -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_server_restart_subscriptions_resume_by_themselves() -> None:
     server = PlantServer()
@@ -272,6 +276,7 @@ async def test_server_restart_subscriptions_resume_by_themselves() -> None:
     assert after[0].ts_ns == ns(T0 + dt.timedelta(seconds=5))
 
 
+@pytest.mark.slow
 async def test_basic256sha256_sign_and_encrypt_with_self_signed_certificates(
     tmp_path: Path,
 ) -> None:
@@ -296,6 +301,7 @@ async def test_basic256sha256_sign_and_encrypt_with_self_signed_certificates(
     assert sub.sessions == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 async def test_simulator_plant_batches_and_meter_over_opcua() -> None:
     """The simulator's own OPC UA server (docs/simulators.md) as an independent peer."""
@@ -338,6 +344,7 @@ async def test_simulator_plant_batches_and_meter_over_opcua() -> None:
     assert 3 in states  # production while B-001 ran
 
 
+@pytest.mark.slow
 async def test_wrong_password_gets_no_session() -> None:
     server = PlantServer(users={"edge": "s3cret"})
     await server.start()
@@ -375,6 +382,7 @@ def test_slot_changes_beyond_the_queue_are_logged_and_counted(caplog) -> None:
     assert "opcua plc-flood" in errors[0] and "asset OVEN" in errors[0]
 
 
+@pytest.mark.slow
 async def test_a_node_the_server_lacks_is_logged_by_status_name_and_configured_id(
     caplog,
 ) -> None:
@@ -401,6 +409,7 @@ async def test_a_node_the_server_lacks_is_logged_by_status_name_and_configured_i
     assert not [line for line in lines if "StatusCode(" in line or "NodeId(" in line], lines
 
 
+@pytest.mark.slow
 async def test_asyncua_chatter_is_off_by_default_and_on_with_verbose(caplog) -> None:
     """asyncua's endpoint dump (INFO) and session-timeout note (WARNING) on every connect."""
     import logging

@@ -114,6 +114,7 @@ async def test_unreachable_broker_raises_publish_error(tmp_path: Path) -> None:
     await publisher.close()
 
 
+@pytest.mark.services
 async def test_stopped_broker_counts_connect_errors(tmp_path: Path) -> None:
     broker = MosquittoBroker(f"mqtt-stopped-{uuid.uuid4().hex[:6]}")
     broker.start()
@@ -136,6 +137,7 @@ async def test_stopped_broker_counts_connect_errors(tmp_path: Path) -> None:
     assert errors == 3
 
 
+@pytest.mark.services
 @pytest.mark.timeout(60)
 async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
     """A private Mosquitto stopped for 60 poll cycles (run 25x faster), then restarted."""

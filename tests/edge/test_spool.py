@@ -129,6 +129,7 @@ def test_spool_matches_a_bounded_fifo_model(ops: list[tuple[str, int]], max_byte
         assert spool.payload_bytes <= max_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_sigkill_while_appending_loses_no_acknowledged_append(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"

@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from deploy.procs import free_port
 from edge import wire
 
 ROOT = Path(__file__).resolve().parents[2]
+# each test starts the agent as a process (about 2 s each): not for make test-fast
+pytestmark = pytest.mark.slow
 
 
 def site(tmp_path: Path, **changes: Any) -> Path:
@@ -62,16 +65,87 @@ def _toml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_edge(config: Path, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge", "--config", str(config)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout_s, check=False)
+def _notes_txt(tmp: Path) -> Path:
+    (tmp / "notes.txt").write_text("not a folder")
+    return site(tmp, spool={"path": "notes.txt/gw/spool.db"})
 
 
-def assert_one_line(proc: subprocess.CompletedProcess[str], key: str, *parts: str) -> str:
+def _not_a_spool(tmp: Path) -> Path:
+    (tmp / "spool.db").write_bytes(b"this is not an SQLite database, " * 64)
+    return site(tmp)
+
+
+def _key(prepare: str) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        key = tmp / "other.pem"
+        if prepare == "folder":
+            key.mkdir()
+        elif prepare == "garbage":
+            key.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+        return site(tmp, signing_key="other.pem")
+    return make
+
+
+# case -> its site config, made in a folder of its own (TAKEN: a port another process holds)
+TAKEN = "{taken}"
+CASES: dict[str, Callable[[Path], Path]] = {
+    "spool_folder": lambda tmp: site(tmp, spool={"path": "/tmp"}),
+    "spool_under_file": _notes_txt,
+    "spool_not_a_spool": _not_a_spool,
+    "metrics_taken": lambda tmp: site(tmp, metrics={"port": TAKEN}),
+    # TEST-NET-1 (RFC 5737): no interface of this machine has it
+    "metrics_addr": lambda tmp: site(tmp, metrics={"port": free_port(), "addr": "192.0.2.1"}),
+    "key_missing": _key("missing"),
+    "key_folder": _key("folder"),
+    "key_garbage": _key("garbage"),
+    # .invalid never resolves (RFC 6761): a typo in a host name needs an edit, not retries
+    "kafka_host": lambda tmp: site(tmp, outputs={"kafka": {
+        "bootstrap_servers": ["127.0.0.1:9092", "kafak-1.invalid:9092"]}}),
+    "mqtt_host": lambda tmp: site(tmp, outputs={"mqtt": {"url": "mqtt://broker.invalid:1883"}}),
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    folder: Path
+    returncode: int
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
+    """Every case's ``python -m edge --config site.toml``, all started at once (each is
+    mostly interpreter start-up: run one after another they would take half a minute)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        procs = {}
+        for case, make in CASES.items():
+            folder = tmp_path_factory.mktemp(case)
+            config = make(folder)
+            config.write_text(config.read_text().replace(f'"{TAKEN}"', str(taken)))
+            procs[case] = (folder, subprocess.Popen(
+                [sys.executable, "-m", "edge", "--config", str(config)], cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        results = {}
+        try:
+            for case, (folder, proc) in procs.items():
+                _out, err = proc.communicate(timeout=90)
+                results[case] = Outcome(folder, proc.returncode, err)
+        finally:
+            for _folder, proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+        yield {**results, "taken": Outcome(Path(), taken, "")}
+
+
+def assert_one_line(outcome: Outcome, key: str, *parts: str) -> str:
     """Exit 1 and exactly one stderr line, ``edge: <key>: ...``, containing ``parts``."""
-    lines = proc.stderr.splitlines()
-    assert proc.returncode == 1, proc.stderr
-    assert len(lines) == 1, proc.stderr
+    lines = outcome.stderr.splitlines()
+    assert outcome.returncode == 1, outcome.stderr
+    assert len(lines) == 1, outcome.stderr
     assert lines[0].startswith(f"edge: {key}: "), lines[0]
     for part in parts:
         assert part in lines[0], lines[0]
@@ -81,82 +155,61 @@ def assert_one_line(proc: subprocess.CompletedProcess[str], key: str, *parts: st
 # ------------------------------------------------------------------------- spool
 
 
-def test_spool_path_that_is_a_folder(tmp_path: Path) -> None:
-    proc = run_edge(site(tmp_path, spool={"path": "/tmp"}))
-    line = assert_one_line(proc, "[spool] path", "/tmp is a directory, expected a file path")
+def test_spool_path_that_is_a_folder(outcomes: dict[str, Outcome]) -> None:
+    line = assert_one_line(outcomes["spool_folder"], "[spool] path",
+                           "/tmp is a directory, expected a file path")
     assert line.endswith("(e.g. /tmp/spool.db)")
 
 
-def test_spool_path_under_a_file(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("not a folder")
-    proc = run_edge(site(tmp_path, spool={"path": "notes.txt/gw/spool.db"}))
-    assert_one_line(proc, "[spool] path", f"{tmp_path / 'notes.txt'} is a file, not a folder")
+def test_spool_path_under_a_file(outcomes: dict[str, Outcome]) -> None:
+    outcome = outcomes["spool_under_file"]
+    assert_one_line(outcome, "[spool] path",
+                    f"{outcome.folder / 'notes.txt'} is a file, not a folder")
 
 
-def test_spool_file_that_is_not_a_spool(tmp_path: Path) -> None:
-    (tmp_path / "spool.db").write_bytes(b"this is not an SQLite database, " * 64)
-    proc = run_edge(site(tmp_path))
-    assert_one_line(proc, "[spool] path", "cannot create or open the spool")
+def test_spool_file_that_is_not_a_spool(outcomes: dict[str, Outcome]) -> None:
+    assert_one_line(outcomes["spool_not_a_spool"], "[spool] path",
+                    "cannot create or open the spool: file is not a database")
 
 
 # ----------------------------------------------------------------------- metrics
 
 
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port another process listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
+def test_metrics_port_taken(outcomes: dict[str, Outcome]) -> None:
+    taken = outcomes["taken"].returncode
+    assert_one_line(outcomes["metrics_taken"], "[metrics] port",
+                    f"127.0.0.1:{taken} is already in use", "or 0 to switch /metrics off")
 
 
-def test_metrics_port_taken(tmp_path: Path, taken_port: int) -> None:
-    proc = run_edge(site(tmp_path, metrics={"port": taken_port}))
-    assert_one_line(proc, "[metrics] port", f"127.0.0.1:{taken_port} is already in use",
-                    "or 0 to switch /metrics off")
-
-
-def test_metrics_addr_not_on_this_machine(tmp_path: Path) -> None:
-    # TEST-NET-1 (RFC 5737): no interface of this machine has it
-    proc = run_edge(site(tmp_path, metrics={"port": free_port(), "addr": "192.0.2.1"}))
-    assert_one_line(proc, "[metrics] addr", "cannot listen on 192.0.2.1:")
+def test_metrics_addr_not_on_this_machine(outcomes: dict[str, Outcome]) -> None:
+    assert_one_line(outcomes["metrics_addr"], "[metrics] addr", "cannot listen on 192.0.2.1:")
 
 
 # ------------------------------------------------------------------- signing key
 
 
-@pytest.mark.parametrize(("prepare", "says"), [
-    ("missing", "does not exist (create it with --init-key)"),
-    ("folder", "is a directory, expected a PEM key file"),
-    ("garbage", "cannot load an Ed25519 PEM key"),
+@pytest.mark.parametrize(("case", "says"), [
+    ("key_missing", "does not exist (create it with --init-key)"),
+    ("key_folder", "is a directory, expected a PEM key file"),
+    ("key_garbage", "cannot load an Ed25519 PEM key"),
 ])
-def test_signing_key_unreadable(tmp_path: Path, prepare: str, says: str) -> None:
-    key = tmp_path / "other.pem"
-    if prepare == "folder":
-        key.mkdir()
-    elif prepare == "garbage":
-        key.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
-    proc = run_edge(site(tmp_path, signing_key="other.pem"))
-    assert_one_line(proc, "signing_key", str(key), says)
-    assert not (tmp_path / "spool.db").exists()  # refused before anything was taken
+def test_signing_key_unreadable(outcomes: dict[str, Outcome], case: str, says: str) -> None:
+    outcome = outcomes[case]
+    assert_one_line(outcome, "signing_key", str(outcome.folder / "other.pem"), says)
+    assert not (outcome.folder / "spool.db").exists()  # refused before anything was taken
 
 
 # ------------------------------------------------------------------------ outputs
 
 
-def test_kafka_host_name_unknown(tmp_path: Path) -> None:
-    # .invalid never resolves (RFC 6761): a typo in a host name needs an edit, not retries
-    kafka = {"bootstrap_servers": ["127.0.0.1:9092", "kafak-1.invalid:9092"]}
-    proc = run_edge(site(tmp_path, outputs={"kafka": kafka}))
-    assert_one_line(proc, "[outputs.kafka] bootstrap_servers",
+def test_kafka_host_name_unknown(outcomes: dict[str, Outcome]) -> None:
+    assert_one_line(outcomes["kafka_host"], "[outputs.kafka] bootstrap_servers",
                     "host name 'kafak-1.invalid' is unknown to DNS")
 
 
-def test_mqtt_host_name_unknown(tmp_path: Path) -> None:
-    mqtt = {"url": "mqtt://broker.invalid:1883"}
-    proc = run_edge(site(tmp_path, outputs={"mqtt": mqtt}))
-    assert_one_line(proc, "[outputs.mqtt] url", "host name 'broker.invalid' is unknown to DNS")
+def test_mqtt_host_name_unknown(outcomes: dict[str, Outcome]) -> None:
+    assert_one_line(outcomes["mqtt_host"], "[outputs.mqtt] url",
+                    "host name 'broker.invalid' is unknown to DNS")
 
 
 def test_kafka_merely_down_is_not_a_start_failure(tmp_path: Path) -> None:
@@ -165,14 +218,16 @@ def test_kafka_merely_down_is_not_a_start_failure(tmp_path: Path) -> None:
     (That it spools from the first cycle meanwhile: test_agent.py,
     ``test_kafka_down_at_start_readings_spooled_from_the_first_cycle``.)
     """
-    config = site(tmp_path)
+    # a stop waits for the producer attempt under way: 1 s here instead of the default 10 s
+    config = site(tmp_path, outputs={"kafka": {
+        "bootstrap_servers": [f"127.0.0.1:{free_port()}"], "delivery_timeout_s": 1.0}})
     agent = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config)],
                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "spool.db").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(3.0)
+        time.sleep(2.0)
         assert agent.poll() is None, "the agent stopped although only Kafka was down"
     finally:
         agent.send_signal(signal.SIGTERM)

@@ -61,6 +61,7 @@ def test_small_is_consistent_and_allocates_by_the_conventions() -> None:
         assert math.isclose(air["co2_batches"][b], kwh * 0.5703)
 
 
+@pytest.mark.slow
 def test_faults_are_accounted() -> None:
     recs = run_truth("faults", 6000)
     assert check_ground_truth(recs) == []
@@ -91,6 +92,7 @@ def test_faults_are_accounted() -> None:
     assert {"end_published", "opcua_down", "opcua_up", "reset", "spike"} <= kinds
 
 
+@pytest.mark.slow
 def test_idle_policy_next_batch_leaves_only_the_tail_unallocated() -> None:
     recs = run_truth("plant", 3600)
     assert recs[0]["conventions"]["idle_policy"] == "next_batch"
@@ -125,6 +127,7 @@ async def _cli(tmp: Path, seed: int, name: str) -> bytes:
     return out.read_bytes()
 
 
+@pytest.mark.slow
 async def test_same_seed_same_bytes_through_the_cli(tmp_path: Path) -> None:
     a, b, c = await asyncio.gather(_cli(tmp_path, 7, "a"), _cli(tmp_path, 7, "b"),
                                    _cli(tmp_path, 8, "c"))
@@ -133,6 +136,7 @@ async def test_same_seed_same_bytes_through_the_cli(tmp_path: Path) -> None:
     assert check_ground_truth(load_ground_truth(tmp_path / "a")) == []
 
 
+@pytest.mark.slow
 async def test_paced_run_gives_the_same_truth_as_a_fast_one(tmp_path: Path) -> None:
     from simulators.runner import PlantRunner, RunOptions
 
