@@ -26,7 +26,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -37,8 +37,10 @@ from edge.errors import AgentError, StartError
 from edge.forward import ForwardConfig, Forwarder, Publisher
 from edge.framing import Columns, OverBudget, emit_within_budget, frame_budget, frame_columns
 from edge.modbus import ModbusPoller, PollResult
-from edge.opcua import OpcUaSubscriber
 from edge.spool import Spool
+
+if TYPE_CHECKING:
+    from edge.opcua import OpcUaSubscriber
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +130,15 @@ class Agent:
         if self._publishers is None and not config.has_output:
             raise StartError("[outputs]", "no [outputs.kafka] or [outputs.mqtt] configured")
         self.pollers = [ModbusPoller(d, self.clock, self.on_poll) for d in config.modbus]
-        self.subscribers = [
-            OpcUaSubscriber(s, self.on_readings, self.on_batch_events, clock=self.clock.now_ns)
-            for s in config.opcua
-        ]
+        self.subscribers: list[OpcUaSubscriber] = []
+        if config.opcua:  # asyncua takes about a second to import: only for sites using it
+            from edge.opcua import OpcUaSubscriber
+
+            self.subscribers = [
+                OpcUaSubscriber(s, self.on_readings, self.on_batch_events,
+                                clock=self.clock.now_ns)
+                for s in config.opcua
+            ]
         intervals = [d.poll_interval_s for d in config.modbus]
         self.frame_interval_s = frame_interval_s or min(intervals, default=1.0)
         self._results: deque[PollResult] = deque()
