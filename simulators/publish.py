@@ -1,7 +1,8 @@
 """What clients see: device images and OPC UA variables refreshed from physics.
 
 Applies the transport faults (dropout, busy, stuck, clock skew) and the batch
-lifecycle on OPC UA slots, including late end events.
+lifecycle on OPC UA slots, including late end events (which slot shows which
+batch when: ``simulators/slots.py``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import logging
 import random
 from datetime import datetime, timedelta
 
-from simulators.config import Batch, Scenario
+from simulators.config import Scenario
 from simulators.devices import FAMILIES, DeviceImage
 from simulators.modbus_server import ModbusPort, UnitSlot
 from simulators.opcua_server import MIN_DATETIME, OpcuaPlant
 from simulators.physics import MeterState, PlantModel, StepResult
 from simulators.schedule import STATE_CODES
+from simulators.slots import SlotUse, plan_slots
 
 logger = logging.getLogger(__name__)
 Write = tuple[str, object, float]  # node, value, simulated time
@@ -47,9 +49,13 @@ class Publisher:
         self.opcua = OpcuaPlant(sc, host, opcua_port) if opcua_port is not None else None
         self._opcua_meters = [ms for ms in model.meters if ms.cfg.modbus is None]
         self._pending: list[Write] = []
-        self._late: dict[int, list[Batch]] = {}
-        self._slot_of: dict[str, tuple[str, int]] = {}
-        self._busy_slots: dict[str, set[int]] = {a.id: set() for a in sc.assets}
+        self._plan = plan_slots(sc, model.faults.late_ends)
+        # step -> slot uses whose start / end goes out in that step
+        self._shows: dict[int, list[SlotUse]] = {}
+        self._ends: dict[int, list[SlotUse]] = {}
+        for use in self._plan.values():
+            self._shows.setdefault(use.shown_s, []).append(use)
+            self._ends.setdefault(use.ended_s, []).append(use)
         self._states: dict[str, str] = {}
         self._serving = False  # servers started (injected outages only after that)
 
@@ -71,34 +77,30 @@ class Publisher:
             await self.opcua.close()
 
     def on_step(self, res: StepResult) -> None:
-        """Queue the OPC UA batch lifecycle writes of one step."""
+        """Queue the OPC UA batch lifecycle writes of one step: starts, then ends."""
         if self.opcua is None:
             return
         for b in res.started:
-            free = min(set(range(self._slot_count(b.asset))) - self._busy_slots[b.asset])
-            self._busy_slots[b.asset].add(free)
-            self._slot_of[b.id] = (b.asset, free)
-            slot = f"{b.asset}.Batch{free}"
-            self._pending += [(f"{slot}.BatchId", b.id, b.start_s),
-                              (f"{slot}.Product", b.product, b.start_s),
-                              (f"{slot}.Unit", b.unit, b.start_s),
-                              (f"{slot}.StartTime", self.when(b.start_s), b.start_s),
-                              (f"{slot}.EndTime", MIN_DATETIME, b.start_s),
-                              (f"{slot}.Quantity", 0.0, b.start_s),
-                              (f"{slot}.Running", True, b.start_s)]
-        for b in res.ended:
-            delay = self.model.faults.late_ends.get(b.id, 0)
-            self._late.setdefault(b.end_s + delay, []).append(b)
-        for b in self._late.pop(res.t, []):
-            asset, k = self._slot_of.pop(b.id)
-            self._busy_slots[asset].discard(k)
-            slot = f"{asset}.Batch{k}"
+            use = self._plan[b.id]
+            if use.waited:
+                logger.info("%s: batch %s starts while every OPC UA slot still shows a batch "
+                            "whose end is not published; slot %d shows it from t=%d s",
+                            b.asset, b.id, use.slot, use.shown_s)
+        for use in self._shows.pop(res.t, []):
+            b, slot = use.batch, f"{use.batch.asset}.Batch{use.slot}"
+            at = use.shown_s if use.waited else b.start_s  # source time: when it went out
+            self._pending += [(f"{slot}.BatchId", b.id, at),
+                              (f"{slot}.Product", b.product, at),
+                              (f"{slot}.Unit", b.unit, at),
+                              (f"{slot}.StartTime", self.when(b.start_s), at),
+                              (f"{slot}.EndTime", MIN_DATETIME, at),
+                              (f"{slot}.Quantity", 0.0, at),
+                              (f"{slot}.Running", True, at)]
+        for use in self._ends.pop(res.t, []):
+            b, slot = use.batch, f"{use.batch.asset}.Batch{use.slot}"
             self._pending += [(f"{slot}.EndTime", self.when(b.end_s), res.t),
                               (f"{slot}.Quantity", b.quantity, res.t),
                               (f"{slot}.Running", False, res.t)]
-
-    def _slot_count(self, asset: str) -> int:
-        return next(a.slots for a in self.sc.assets if a.id == asset)
 
     async def refresh(self) -> None:
         """Bring every device and variable up to the model's current time."""

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from simulators.devices import CARRIER_UNITS, FAMILIES
+from simulators.slots import plan_slots, step_of
 
 if TYPE_CHECKING:
     from simulators.config import Batch, Scenario
@@ -51,8 +52,19 @@ class TruthAccountant:
         all_assets = tuple(a.id for a in scenario.assets)
         self._scope = {m.id: ((m.asset,) if m.role == "asset" and m.asset else
                               (m.assets or all_assets)) for m in scenario.meters}
-        self._late = {b: d for b, d in model.faults.late_ends.items()}
-        self._batches = {b.id: b for b in scenario.batches}
+        # what the MES slots show out of time: late ends, and starts that wait for a slot
+        self._published: dict[int, list[Record]] = {}
+        step = model.step_s
+        for use in plan_slots(scenario, model.faults.late_ends).values():
+            b = use.batch
+            if use.waited:
+                self._published.setdefault(use.shown_s, []).append({
+                    "kind": "start_published", "batch": b.id,
+                    "true_start": iso(self.start, b.start_s), "slot": use.slot})
+            if use.ended_s > step_of(b.end_s, step):
+                self._published.setdefault(use.ended_s, []).append({
+                    "kind": "end_published", "batch": b.id,
+                    "true_end": iso(self.start, b.end_s)})
         self._interval_start = 0
         self._acc = {ms.cfg.id: _Acc() for ms in model.meters}
         self._total: dict[str, Record] = {ms.cfg.id: {} for ms in model.meters}
@@ -105,11 +117,8 @@ class TruthAccountant:
                               "asset": b.asset} for b in res.started]
         out += [{"type": "event", "kind": "batch_end", "at": at, "batch": b.id,
                  "asset": b.asset, "quantity": b.quantity, "unit": b.unit} for b in res.ended]
-        for b_id, delay in self._late.items():
-            b = self._batches[b_id]
-            if b.end_s + delay == res.t:
-                out.append({"type": "event", "kind": "end_published", "at": at, "batch": b_id,
-                            "true_end": iso(self.start, b.end_s)})
+        out += [{"type": "event", "kind": ev["kind"], "at": at, **ev}
+                for ev in self._published.pop(res.t, [])]
         for r in self.model.faults.restarts:
             if res.t in (r.at_s, r.at_s + r.down_s):
                 kind = "opcua_down" if res.t == r.at_s else "opcua_up"

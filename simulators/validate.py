@@ -91,10 +91,11 @@ def _parent_problems(sc: Scenario) -> list[str]:
 
 def _concurrency_problems(sc: Scenario) -> list[str]:
     out = []
-    late = {f.batch: f.delay_s for f in sc.faults if isinstance(f, LateEnd)}
-    for a in sc.assets:  # a late end event holds its OPC UA slot until published
+    # Batches truly running at once need a slot each. A late end event holds its
+    # slot past the true end, but the next batch then waits (simulators/slots.py).
+    for a in sc.assets:
         events = sorted((t, d) for b in sc.batches if b.asset == a.id
-                        for t, d in ((b.start_s, 1), (b.end_s + late.get(b.id, 0), -1)))
+                        for t, d in ((b.start_s, 1), (b.end_s, -1)))
         running = peak = 0
         for _, d in events:
             running += d

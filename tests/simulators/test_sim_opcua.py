@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from asyncua import Client, ua
 
+from simulators.opcua_server import MIN_DATETIME
 from simulators.runner import PlantRunner
 
 URI = "urn:plantprint:simulator"
@@ -104,3 +105,48 @@ async def test_server_restart_comes_back_on_the_same_port(plant_factory) -> None
             assert (await _read(client, idx, "L2-kiln.Line")).Value.Value == "L2"
             dv = await _read(client, idx, "L2-KILN-DRIVE-PLC.Energy")
             assert _utc(dv.SourceTimestamp) == _at(runner, 4700 - 42.5)  # fresh, still skewed
+
+
+async def _slot(client: Client, idx: int, slot: str) -> dict[str, ua.DataValue]:
+    return {n: await _read(client, idx, f"{slot}.{n}")
+            for n in ("BatchId", "Running", "StartTime", "EndTime", "Quantity")}
+
+
+async def test_late_end_on_a_full_asset_then_the_waiting_batch_on_its_slot(
+    plant_factory, late_end_small,
+) -> None:
+    """B-002's end goes out 300 s late, the second B-004 starts with both oven slots taken:
+    no crash; the end shows on B-002's slot, then B-004 takes that slot a step later."""
+    async with plant_factory(late_end_small(300), duration_s=4501) as runner:  # t <= 4500
+        url = runner.endpoints()["opcua"]["url"]
+        async with Client(url, timeout=5) as client:
+            idx = await client.get_namespace_index(URI)
+            ended = await _slot(client, idx, "L1-oven.Batch0")
+            assert ended["BatchId"].Value.Value == "B-002"
+            assert ended["Running"].Value.Value is False
+            assert _utc(ended["EndTime"].Value.Value) == _at(runner, 4200)  # the true end
+            assert _utc(ended["Running"].SourceTimestamp) == _at(runner, 4500)  # published late
+            assert ended["Quantity"].Value.Value == 12.0
+            other = await _slot(client, idx, "L1-oven.Batch1")
+            assert (other["BatchId"].Value.Value, other["Running"].Value.Value) == ("B-003", True)
+        runner.opt = dataclasses.replace(runner.opt, duration_s=4502)
+        await runner.run()
+        async with Client(url, timeout=5) as client:
+            idx = await client.get_namespace_index(URI)
+            waited = await _slot(client, idx, "L1-oven.Batch0")
+            assert waited["BatchId"].Value.Value == "B-004"
+            assert waited["Running"].Value.Value is True
+            assert _utc(waited["StartTime"].Value.Value) == _at(runner, 4500)  # the true start
+            assert _utc(waited["Running"].SourceTimestamp) == _at(runner, 4501)  # shown then
+            assert _utc(waited["EndTime"].Value.Value) == MIN_DATETIME  # not ended yet
+            assert waited["Quantity"].Value.Value == 0.0
+            other = await _slot(client, idx, "L1-oven.Batch1")
+            assert other["BatchId"].Value.Value == "B-003"
+        # and on to B-004's end, on the slot it got
+        runner.opt = dataclasses.replace(runner.opt, duration_s=6001)
+        await runner.run()
+        async with Client(url, timeout=5) as client:
+            idx = await client.get_namespace_index(URI)
+            done = await _slot(client, idx, "L1-oven.Batch0")
+            assert (done["BatchId"].Value.Value, done["Running"].Value.Value) == ("B-004", False)
+            assert _utc(done["EndTime"].Value.Value) == _at(runner, 6000)
