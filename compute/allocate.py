@@ -69,6 +69,9 @@ class MeterAllocation:
     allocated_energy: F64  # what was allocated per interval: energy, or a parent's residual
     uncertainty: F64  # per pair, same unit as energy (boundary spread and estimates)
     estimated: F64  # per pair: estimated part of the pair's energy
+    # how the meter's energy is spread in time (split at knots): a parent's residual
+    # subtracts its children's energy re-binned from these, not from raw intervals
+    spread: tuple[I64, I64, F64] | None = None
 
 
 @dataclass
@@ -176,7 +179,7 @@ def allocate_meter(meter: str, spec: MeterSpec, iv: Intervals, scope: Scope,
     frac_est = np.divide(iv.estimated, iv.energy, out=np.zeros(len(iv)), where=iv.energy > 0)
     _record_methods(methods, batches, pi, pb, straddle, by_power, by_state)
     return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), iv.energy, pair_unc,
-                           pe * frac_est[pi] if len(pi) else f64())
+                           pe * frac_est[pi] if len(pi) else f64(), (s_start, s_end, s_energy))
 
 
 def _per_interval(pi: I64, pb: I64, pe: F64) -> tuple[I64, I64, F64]:
@@ -220,12 +223,12 @@ def _record_methods(methods: dict[str, set[str]], batches: Sequence[Batch], pi: 
             methods.setdefault(batches[int(b)].batch_id, set()).add(how)
 
 
-def residual(parent: Intervals, children: Sequence[Intervals]) -> F64:
-    """Parent − Σ children per parent interval (children re-binned by time)."""
+def residual(parent: Intervals, children: Sequence[tuple[I64, I64, F64]]) -> F64:
+    """Parent − Σ children per parent interval; each child given as its spread in time
+    (start, end, energy), re-binned onto the parent's intervals."""
     total = parent.energy.copy()
-    for child in children:
-        total -= kernels.resample_energy(child.start, child.end, child.energy,
-                                         parent.start, parent.end)
+    for start, end, energy in children:
+        total -= kernels.resample_energy(start, end, energy, parent.start, parent.end)
     return f64(total)
 
 
@@ -235,7 +238,9 @@ def allocate_site(site: SiteSpec, series: Mapping[str, Intervals], batches: Sequ
     ordered = sorted(batches, key=lambda b: (b.start_ns, b.batch_id))
     out = SiteAllocation(list(ordered))
     idle_next = site.idle_policy == "next_batch"
-    for meter, spec in site.meters.items():
+    # children before their parents: a residual needs its children's spread in time
+    order = sorted(site.meters.items(), key=lambda kv: _depth(site, kv[0]), reverse=True)
+    for meter, spec in order:
         iv = series.get(meter)
         if iv is None or len(iv) == 0:
             continue
@@ -244,11 +249,22 @@ def allocate_site(site: SiteSpec, series: Mapping[str, Intervals], batches: Sequ
         rule = site.split_of(assets[0]) if spec.role == "asset" else spec.rule or "equal"
         scope = _scope(ordered, assets, rule)
         if spec.role == "parent":
-            out.meters[meter] = _allocate_parent(meter, spec, iv, series, scope, rule, idle_next)
+            out.meters[meter] = _allocate_parent(meter, spec, iv, series, out.meters, scope,
+                                                 rule, idle_next)
         else:
             out.meters[meter] = allocate_meter(meter, spec, iv, scope, rule, idle_next,
                                                ordered, asset_states, out.methods)
     return out
+
+
+def _depth(site: SiteSpec, meter: str) -> int:
+    """How many parents a meter sits under (the site incomer 0, its sub-meters 1 …)."""
+    parents = {c: m for m, spec in site.meters.items() for c in spec.children}
+    depth = 0
+    while meter in parents and depth < len(parents):
+        meter = parents[meter]
+        depth += 1
+    return depth
 
 
 def parent_coverage(parent: Intervals, children: Sequence[Intervals]) -> int:
@@ -258,17 +274,23 @@ def parent_coverage(parent: Intervals, children: Sequence[Intervals]) -> int:
 
 
 def _allocate_parent(meter: str, spec: MeterSpec, iv: Intervals,
-                     series: Mapping[str, Intervals], scope: Scope, rule: str,
-                     idle_next: bool) -> MeterAllocation:
+                     series: Mapping[str, Intervals], done: Mapping[str, MeterAllocation],
+                     scope: Scope, rule: str, idle_next: bool) -> MeterAllocation:
     """The residual (unmetered loads: lighting, HVAC, auxiliaries) spread evenly in time."""
     kids = [series.get(c, Intervals()) for c in spec.children]
     n = parent_coverage(iv, kids)
     head = iv.slice(0, n)
-    res = residual(head, kids)
+    spreads = []
+    for c, raw in zip(spec.children, kids, strict=True):
+        got = done.get(c)
+        spreads.append(got.spread if got is not None and got.spread is not None
+                       else (raw.start, raw.end, raw.energy))
+    res = residual(head, spreads)
     pi, pb, pe, unalloc = _allocate(head.start, head.end, res, scope, idle_next)
     # the residual's own spread is smooth (unmetered loads): no boundary term; a
     # negative residual in an interval (children's timing against the parent's) is
     # allocated as it is, so the sums stay exact
     frac_est = np.divide(head.estimated, head.energy, out=np.zeros(n), where=head.energy > 0)
     return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), res, np.zeros(len(pi)),
-                           pe * frac_est[pi] if len(pi) else f64())
+                           pe * frac_est[pi] if len(pi) else f64(),
+                           (head.start, head.end, head.energy))

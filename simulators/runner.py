@@ -21,7 +21,9 @@ from simulators.truth import Record, TruthAccountant
 
 logger = logging.getLogger(__name__)
 
-_MIN_TICK_S = 0.05  # real seconds between refreshes of what clients see
+# real seconds between refreshes of what clients see: at 100x one step (1 simulated s),
+# so a register is never more than a step behind the physics, as a real meter's
+_MIN_TICK_S = 0.01
 _MAX_BATCH_STEPS = 2000  # steps per tick at most, so servers keep answering
 
 
