@@ -151,7 +151,7 @@ TASK_GRACE_S = 1.0
 _TEST_LOOP_RUNNER = "_function_scoped_runner"
 
 
-def leftover_tasks(loop: asyncio.AbstractEventLoop, grace_s: float = TASK_GRACE_S,
+def leftover_tasks(loop: asyncio.AbstractEventLoop, grace_s: float,
                    ) -> list[asyncio.Task[object]]:
     """Tasks of ``loop`` (not running) still pending after ``grace_s`` of running it."""
     pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -167,7 +167,7 @@ def _describe(task: asyncio.Task[object]) -> str:
 
 
 def _check_loop_tasks(runner: asyncio.Runner, nodeid: str) -> None:
-    left = leftover_tasks(runner.get_loop())
+    left = leftover_tasks(runner.get_loop(), TASK_GRACE_S)
     if left:
         # the runner cancels them right after; the test still failed to
         pytest.fail(f"{nodeid} left asyncio tasks pending: {[_describe(t) for t in left]}",

@@ -17,7 +17,7 @@ def test_a_pending_task_is_found_and_a_finished_one_is_not() -> None:
         assert leftover_tasks(loop, grace_s=0.2) == [waiting]
         assert quick.done()
         waiting.cancel()
-        assert leftover_tasks(loop) == []
+        assert leftover_tasks(loop, grace_s=0.2) == []
     finally:
         loop.close()
 
@@ -46,7 +46,10 @@ def test_sync():
 def test_an_async_test_leaving_a_task_fails(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_mode = auto\n"
                      "asyncio_default_fixture_loop_scope = function\n")
-    pytester.makeconftest("from tests.conftest import pytest_fixture_setup  # noqa: F401\n")
+    pytester.makeconftest(
+        "import tests.conftest\n"
+        "from tests.conftest import pytest_fixture_setup  # noqa: F401\n"
+        "tests.conftest.TASK_GRACE_S = 0.1  # the leak is certain here; no need to wait 1 s\n")
     pytester.makepyfile(test_inner=INNER_TESTS)
     # hypothesis's plugin imports all of hypothesis at the session end: seconds, for nothing here
     result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
