@@ -169,7 +169,7 @@ def _describe(task: asyncio.Task[object]) -> str:
 def _check_loop_tasks(runner: asyncio.Runner, nodeid: str) -> None:
     left = leftover_tasks(runner.get_loop(), TASK_GRACE_S)
     if left:
-        # the runner cancels them right after; the test still failed to
+        # the runner cancels them right after, but ending them was the test's job
         pytest.fail(f"{nodeid} left asyncio tasks pending: {[_describe(t) for t in left]}",
                     pytrace=False)
 
