@@ -49,6 +49,9 @@ class SiteSpec(Protocol):
     def idle_policy(self) -> str: ...
 
     @property
+    def residual_half_ns(self) -> int: ...
+
+    @property
     def meters(self) -> Mapping[str, MeterSpec]: ...
 
     def scope(self, meter: str) -> tuple[str, ...]: ...
@@ -250,7 +253,7 @@ def allocate_site(site: SiteSpec, series: Mapping[str, Intervals], batches: Sequ
         scope = _scope(ordered, assets, rule)
         if spec.role == "parent":
             out.meters[meter] = _allocate_parent(meter, spec, iv, series, out.meters, scope,
-                                                 rule, idle_next)
+                                                 rule, idle_next, site.residual_half_ns)
         else:
             out.meters[meter] = allocate_meter(meter, spec, iv, scope, rule, idle_next,
                                                ordered, asset_states, out.methods)
@@ -275,8 +278,9 @@ def parent_coverage(parent: Intervals, children: Sequence[Intervals]) -> int:
 
 def _allocate_parent(meter: str, spec: MeterSpec, iv: Intervals,
                      series: Mapping[str, Intervals], done: Mapping[str, MeterAllocation],
-                     scope: Scope, rule: str, idle_next: bool) -> MeterAllocation:
-    """The residual (unmetered loads: lighting, HVAC, auxiliaries) spread evenly in time."""
+                     scope: Scope, rule: str, idle_next: bool, half_ns: int) -> MeterAllocation:
+    """The residual (unmetered loads: lighting, HVAC, auxiliaries), its rate smoothed over
+    ± ``half_ns``, spread evenly in time within each interval."""
     kids = [series.get(c, Intervals()) for c in spec.children]
     n = parent_coverage(iv, kids)
     head = iv.slice(0, n)
@@ -285,7 +289,7 @@ def _allocate_parent(meter: str, spec: MeterSpec, iv: Intervals,
         got = done.get(c)
         spreads.append(got.spread if got is not None and got.spread is not None
                        else (raw.start, raw.end, raw.energy))
-    res = residual(head, spreads)
+    res = kernels.smooth_rate(head.start, head.end, residual(head, spreads), half_ns)
     pi, pb, pe, unalloc = _allocate(head.start, head.end, res, scope, idle_next)
     # the residual's own spread is smooth (unmetered loads): no boundary term; a
     # negative residual in an interval (children's timing against the parent's) is

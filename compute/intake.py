@@ -67,6 +67,8 @@ class SiteInput:
     readings: dict[str, Readings] = field(default_factory=dict)
     states: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     unknown_meters: set[str] = field(default_factory=set)
+    # gateway -> send time of its newest batch frame: every event before it has been sent
+    batch_marks: dict[str, int] = field(default_factory=dict)
 
 
 def _us(ts_ns: int) -> int:
@@ -95,6 +97,8 @@ def group_readings(frames: list[Accepted], models: Mapping[str, SiteModel]
             continue
         site_in = out.setdefault(model.site, SiteInput())
         if isinstance(a.message, BatchFrame):
+            gw, sent = a.message.gateway, _us(a.message.sent_ns)
+            site_in.batch_marks[gw] = max(site_in.batch_marks.get(gw, sent), sent)
             for i, ev in enumerate(a.message.events):
                 if a.keep is None or i in a.keep:
                     site_in.events.append((ev.asset, ev.batch_id, ev.product, ev.kind,

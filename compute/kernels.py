@@ -25,11 +25,12 @@ from numba import njit
 
 from compute.kernels_alloc import allocate_overlap, split_at_knots, weight_segments
 from compute.kernels_check import F64, I64, floats, ints, require_sorted, same_length
+from compute.kernels_smooth import smooth_rate
 
 __all__ = [
     "ESTIMATED", "GAP", "MEASURED", "NON_MONOTONIC", "NO_TS", "OPEN_END", "RESET", "ROLLOVER",
     "SPIKE", "CounterIntervals", "CounterState", "allocate_overlap", "resample_energy",
-    "split_at_knots", "sum_by_key", "unwrap_counter", "weight_segments",
+    "smooth_rate", "split_at_knots", "sum_by_key", "unwrap_counter", "weight_segments",
 ]
 
 MEASURED = 0

@@ -22,6 +22,7 @@ from compute.model import Batch
 
 Status = str  # "provisional" | "final" | "revised"
 WEIGHTS_TIMEOUT_NS = 86_400 * 10**9
+IDLE_HOLD_NS = 86_400 * 10**9  # next_batch: idle energy waits this long for a next batch
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,16 @@ def sharing(batch: Batch, batches: Iterable[Batch], scopes: Iterable[tuple[str, 
 
 
 def finality(batch: Batch, coverage: Mapping[str, int], scope_meters: Sequence[str],
-             others: Sequence[Batch], data_now_ns: int, timeout_ns: int) -> Finality:
-    """Whether ``batch`` can be final now; ``coverage``: meter → end of its last interval."""
+             others: Sequence[Batch], data_now_ns: int, timeout_ns: int,
+             events_until: int) -> Finality:
+    """Whether ``batch`` can be final now; ``coverage``: meter → up to when its data is
+    complete; ``events_until``: every batch event before it is known (a concurrent batch
+    starting in ``batch``'s time would change its share)."""
     if batch.end_ns is None:
         return Finality(False)
     missing = tuple(m for m in scope_meters if coverage.get(m, 0) <= batch.end_ns)
+    if events_until <= batch.end_ns:
+        missing += ("(batch events)",)
     open_weights = tuple(b.batch_id for b in others if b.end_ns is None or b.quantity is None)
     if not missing and not open_weights:
         return Finality(True)
@@ -60,27 +66,36 @@ def finality(batch: Batch, coverage: Mapping[str, int], scope_meters: Sequence[s
 
 
 def window_start(batches: Sequence[Batch], final_ids: set[str], idle_next: bool,
-                 coverage_floor: int) -> int:
+                 coverage_floor: int, assets: Iterable[str], settled_until: int,
+                 data_now_ns: int) -> int:
     """The earliest time any non-final batch may still draw energy from.
 
     Intervals ending at or before it are settled: their allocation is stored
-    and they leave memory. With ``next_batch`` idle energy, the idle stretch
-    before a non-final batch (back to the end of the last final batch before it)
-    belongs to it too. Without any non-final batch, everything every meter has
-    reported is settled (``coverage_floor``), except under ``next_batch``, where
-    idle energy after the last batch waits for the next one.
+    and they leave memory. With ``unallocated`` idle energy that is the first
+    start of a non-final batch, or everything reported when there is none.
+    With ``next_batch``, idle energy belongs to the next batch to start on the
+    asset, so per asset the window reaches back to the end of its last final
+    batch before its first non-final one, and an asset with no batch running
+    holds its idle energy since its last batch until the next one starts —
+    at most ``IDLE_HOLD_NS`` (a day), after which it is settled as unallocated.
+    Never beyond what every live meter has reported (``coverage_floor``).
     """
     open_batches = [b for b in batches if b.batch_id not in final_ids]
-    if not open_batches:
-        if idle_next and batches:
-            return min(coverage_floor, max(b.end_or_open for b in batches))
-        return coverage_floor
-    anchor = min(b.start_ns for b in open_batches)
     if not idle_next:
+        anchor = min((b.start_ns for b in open_batches), default=coverage_floor)
         return min(anchor, coverage_floor)
-    before = [b.end_or_open for b in batches
-              if b.batch_id in final_ids and b.end_or_open <= anchor]
-    return min(max(before) if before else 0, coverage_floor)
+    w = coverage_floor
+    for asset in assets:
+        mine = [b for b in batches if b.asset == asset]
+        open_mine = [b for b in mine if b.batch_id not in final_ids]
+        if open_mine:
+            anchor = min(b.start_ns for b in open_mine)
+            ends = [b.end_or_open for b in mine
+                    if b.batch_id in final_ids and b.end_or_open <= anchor]
+        else:
+            ends = [b.end_or_open for b in mine]
+        w = min(w, max(ends, default=settled_until))
+    return max(w, min(coverage_floor, data_now_ns - IDLE_HOLD_NS))
 
 
 def changed(old: Mapping[str, float], new: Mapping[str, float], rel: float = 1e-9) -> bool:

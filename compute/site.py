@@ -211,6 +211,14 @@ class SiteModel(Frozen):
     idle_policy: Literal["unallocated", "next_batch"]
     final_timeout_s: float = Field(gt=0)  # after a batch end: finalise with missing meters flagged
     carbon_tolerance: float = Field(default=0.02, gt=0, lt=1)  # relative, carbon-meter check
+    # a parent's residual (incomer − Σ sub-meters) is averaged over this window (seconds,
+    # centred) before allocation: the unmetered loads it measures change slowly, the
+    # timing noise of subtracting large counters does not; 0 = no smoothing
+    residual_smoothing_s: float = Field(default=600.0, ge=0, le=86_400)
+    # how late an MES event may reach the gateway after its source time (OPC UA publishing,
+    # MES buffering): allocations are settled, and batches finalised, only this far behind
+    # the gateways' batch-stream watermark
+    event_delay_s: float = Field(default=300.0, ge=0, le=86_400)
     assets: dict[str, Asset] = Field(min_length=1)
     meters: dict[str, Meter] = Field(min_length=1)
     products: dict[str, Product] = Field(default_factory=dict)

@@ -73,6 +73,19 @@ class SiteState:
     data_now_ns: int = 0
     settled_until: int = 0
     pending: Outcome = field(default_factory=Outcome)
+    # per gateway reporting batches: the send time of its newest batch frame (a watermark)
+    batch_marks: dict[str, int] = field(default_factory=dict)
+
+    def note_batch_marks(self, marks: Mapping[str, int]) -> None:
+        for gw, t in marks.items():
+            self.batch_marks[gw] = max(self.batch_marks.get(gw, t), t)
+
+    @property
+    def events_until(self) -> int:
+        """Every batch event before this time is known (no gateway reported batches: 0)."""
+        if not self.batch_marks:
+            return 0
+        return min(self.batch_marks.values()) - int(self.view.model.event_delay_s * 1e9)
 
     # ------------------------------------------------------------ input
     def apply_event(self, asset: str, batch_id: str, product: str, kind: str, ts_ns: int,
@@ -121,9 +134,7 @@ class SiteState:
         alloc = allocate_site(self.view, self.series, batches, self.states)
         fps = batch_footprints(alloc, self.series, self.view.carriers,
                                self.view.resolutions, *self.factor_maps())
-        coverage = {m: iv.covered_until for m, iv in self.series.items()}
-        for m, c in self.carry.items():
-            coverage[m] = max(coverage.get(m, 0), c.energy.last_ts)
+        coverage = self._coverage()
         final_ids = {b for b, s in self.stored.items() if s.status != "provisional"}
         for b in batches:
             # a final batch is re-examined only while all its intervals are in the window
@@ -132,6 +143,19 @@ class SiteState:
             self._lifecycle(b, fps.get(b.batch_id), batches, coverage, final_ids)
         self._settle(alloc, batches, coverage)
         out, self.pending = self.pending, Outcome()
+        return out
+
+    def _coverage(self) -> dict[str, int]:
+        """Per meter, up to when its data is complete for every use: its last reading,
+        less what a parent's residual smoothing needs beyond (half the window and the
+        meter's typical interval), since a residual is only final once that is known."""
+        half = self.view.residual_half_ns
+        out: dict[str, int] = {}
+        for m, c in self.carry.items():
+            iv = self.series.get(m)
+            last = max(c.energy.last_ts, iv.covered_until if iv is not None else 0)
+            step = int(np.median(iv.end - iv.start)) if iv is not None and len(iv) else 0
+            out[m] = last - (half + step if half else 0)
         return out
 
     def factor_maps(self) -> tuple[dict[str, Factor], dict[str, Factor]]:
@@ -161,7 +185,8 @@ class SiteState:
             return
         others = sharing(b, batches, self.view.scopes.values())
         fin = finality(b, coverage, self.view.meters_for(b.asset), others,
-                       self.data_now_ns, int(self.view.final_timeout_s * 1e9))
+                       self.data_now_ns, int(self.view.final_timeout_s * 1e9),
+                       self.events_until)
         if fin.final:
             fp.flags.update(f"missing:{m}" for m in fin.missing)
             fp.flags.update(f"weights_unknown:{o}" for o in fin.waiting_for)
@@ -183,32 +208,38 @@ class SiteState:
         final_now = {b for b, s in self.stored.items() if s.status != "provisional"}
         live = [m for m, c in coverage.items()
                 if self.data_now_ns - c < self.view.final_timeout_s * 1e9]
-        floor = min((coverage[m] for m in live), default=self.data_now_ns)
-        w = window_start(batches, final_now, self.view.idle_policy == "next_batch", floor)
+        # never past what every live meter reported, nor past the batch events known
+        floor = min(min((coverage[m] for m in live), default=self.data_now_ns),
+                    self.events_until)
+        w = window_start(batches, final_now, self.view.idle_policy == "next_batch", floor,
+                         self.view.model.assets, self.settled_until, self.data_now_ns)
         if w <= self.settled_until:
             return
         for meter, ma in alloc.meters.items():
             iv = self.series[meter]
             n_old = int(np.searchsorted(iv.end, w, side="right"))
-            if n_old == 0:
-                continue
-            self._settled_rows(meter, ma, iv, n_old, alloc.batches)
+            n_done = int(np.searchsorted(iv.end, self.settled_until, side="right"))
+            if n_old > n_done:
+                self._settled_rows(meter, ma, iv, n_done, n_old, alloc.batches)
+        # history a residual's smoothing still reads: twice its half-window before w
+        keep = w - 2 * self.view.residual_half_ns
         for meter, iv in list(self.series.items()):
-            self.series[meter] = iv.since(w)
+            self.series[meter] = iv.since(keep)
         self.settled_until = w
         keep_from = min((int(iv.start[0]) for iv in self.series.values() if len(iv)), default=w)
         for b in batches:  # final batches wholly before every kept interval are done
             if b.end_or_open <= keep_from and b.batch_id in final_now:
                 del self.batches[b.batch_id]
 
-    def _settled_rows(self, meter: str, ma: MeterAllocation, iv: Intervals, n_old: int,
-                      batches: list[Batch]) -> None:
+    def _settled_rows(self, meter: str, ma: MeterAllocation, iv: Intervals, n_done: int,
+                      n_old: int, batches: list[Batch]) -> None:
+        """Allocation rows of intervals n_done..n_old (settled now, not before)."""
         rows = self.pending.allocations
-        sel = ma.interval < n_old
+        sel = (ma.interval >= n_done) & (ma.interval < n_old)
         for i, b, e in zip(ma.interval[sel], ma.batch[sel], ma.energy[sel], strict=True):
             rows.append((meter, int(iv.end[i]), batches[int(b)].batch_id, float(e), ma.rule))
         n_alloc = min(n_old, len(ma.unallocated))
-        for i in range(n_alloc):
+        for i in range(n_done, n_alloc):
             rows.append((meter, int(iv.end[i]), "", float(ma.unallocated[i]), ma.rule))
             other = float(iv.energy[i] - ma.allocated_energy[i])
             if other != 0.0:  # a parent's children, allocated through the children

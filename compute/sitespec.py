@@ -47,6 +47,12 @@ class SiteSpecView:
     def carbon_tolerance(self) -> float:
         return self.model.carbon_tolerance
 
+    @property
+    def residual_half_ns(self) -> int:
+        """Half the residual smoothing window (ns); also how much history and how much
+        data past a batch's end the worker keeps for it."""
+        return int(self.model.residual_smoothing_s * 1e9) // 2
+
     def scope(self, meter: str) -> tuple[str, ...]:
         return self.scopes[meter]
 

@@ -102,9 +102,10 @@ ON CONFLICT (site, batch_id, revision) DO UPDATE SET
     inputs_sha256 = EXCLUDED.inputs_sha256, computed_at = now()"""
 _METER_STATE = """INSERT INTO compute_meter_state (site, meter, carry) VALUES (%s, %s, %s)
 ON CONFLICT (site, meter) DO UPDATE SET carry = EXCLUDED.carry"""
-_SITE_STATE = """INSERT INTO compute_site_state (site, settled_until, data_now) VALUES (%s, %s, %s)
+_SITE_STATE = """INSERT INTO compute_site_state (site, settled_until, data_now, batch_marks)
+VALUES (%s, %s, %s, %s)
 ON CONFLICT (site) DO UPDATE SET settled_until = EXCLUDED.settled_until,
-    data_now = EXCLUDED.data_now"""
+    data_now = EXCLUDED.data_now, batch_marks = EXCLUDED.batch_marks"""
 _OFFSETS = """INSERT INTO consumer_offset (consumer_group, topic, kafka_partition, next_offset)
 VALUES (%s, %s, %s, %s)
 ON CONFLICT (consumer_group, topic, kafka_partition)
@@ -199,7 +200,8 @@ class ComputeStore:
             self._footprint(cur, state, revision, status, fp)
         for meter, carry in state.carry.items():
             cur.execute(_METER_STATE, (site, meter, carry_json(carry).decode()))
-        cur.execute(_SITE_STATE, (site, state.settled_until, state.data_now_ns))
+        cur.execute(_SITE_STATE, (site, state.settled_until, state.data_now_ns,
+                                  orjson.dumps(state.batch_marks).decode()))
 
     def _intervals(self, cur: psycopg.Cursor[tuple[object, ...]], site: str, state: SiteState,
                    out: Outcome) -> None:
@@ -253,11 +255,12 @@ class ComputeStore:
         site = state.view.model.site
         c = self.conn
         with c.transaction():
-            row = c.execute("SELECT settled_until, data_now FROM compute_site_state "
-                            "WHERE site = %s", (site,)).fetchone()
+            row = c.execute("SELECT settled_until, data_now, batch_marks FROM "
+                            "compute_site_state WHERE site = %s", (site,)).fetchone()
             if row is None:
                 return
             state.settled_until, state.data_now_ns = int(row[0]), int(row[1])  # type: ignore[call-overload]
+            state.batch_marks = {str(g): int(t) for g, t in dict(row[2]).items()}  # type: ignore[call-overload]
             for meter, carry in c.execute(
                     "SELECT meter, carry FROM compute_meter_state WHERE site = %s", (site,)):
                 state.carry[str(meter)] = carry_from_json(carry)
@@ -292,7 +295,7 @@ class ComputeStore:
             f"SELECT meter, {ns_sql('start_ts')}, {ns_sql('end_ts')}, energy, estimated, flags,"
             f" coalesce(power_start, 'NaN'), coalesce(power_end, 'NaN'), coalesce(co2, 'NaN')"
             f" FROM energy_interval WHERE site = %s AND end_ts > {_TS} ORDER BY meter, end_ts",
-            (site, state.settled_until)).fetchall()
+            (site, state.settled_until - 2 * state.view.residual_half_ns)).fetchall()
         by_meter: dict[str, list[tuple[object, ...]]] = {}
         for r in rows:
             by_meter.setdefault(str(r[0]), []).append(r[1:])

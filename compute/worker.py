@@ -246,6 +246,7 @@ class ComputeWorker:
                 state = self._site(site)
                 for ev in site_in.events:
                     state.apply_event(*ev)
+                state.note_batch_marks(site_in.batch_marks)
                 state.apply_readings(site_in.readings, site_in.states)
             for state in self.sites.values():
                 for out in self._evaluate(cur, state):

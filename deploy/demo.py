@@ -1,7 +1,7 @@
 """``make demo``: the simulated plant, end to end, through everything that exists.
 
     python -m deploy.demo [--scenario NAME|PATH] [--edge-config PATH] [--speed 100]
-                          [--duration-s 6000]
+                          [--duration-s S]
 
 1. starts the local services (Kafka protocol broker, PostgreSQL),
 2. creates the ``plantprint_demo`` database and applies the migrations,
@@ -288,14 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "demo-out",
                     help="where footprints.json and ground_truth.json go")
     ap.add_argument("--speed", type=float, default=100.0)
-    ap.add_argument("--duration-s", type=int, default=6000, help="simulated seconds")
+    ap.add_argument("--duration-s", type=int, default=None,
+                    help="simulated seconds (default: until every planned batch has ended)")
     ap.add_argument("--keep-services", action="store_true",
                     help="leave services the demo started running (inspect plantprint_demo)")
     args = ap.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         scenario = resolve(args.scenario, args.edge_config)
-        return run_demo(scenario, args.speed, args.duration_s, args.keep_services, args.out,
+        duration = args.duration_s or scenario.default_duration_s
+        return run_demo(scenario, args.speed, duration, args.keep_services, args.out,
                         args.database)
     except ServiceError as exc:
         console.print(f"[red]demo failed:[/] {exc}")

@@ -25,6 +25,14 @@ class DemoScenario:
     name: str
     edge_config: Path
     site_model: Path | None  # None: compute has no model of this plant (it is skipped)
+    last_end_s: int  # simulated second the last planned batch ends
+
+    @property
+    def default_duration_s(self) -> int:
+        """Long enough for every batch to end and every meter to report past it (compute
+        finalises a batch once its data, the residual's smoothing window and the batch
+        events' delay allowance are all past its end)."""
+        return self.last_end_s + 900
 
 
 def scenario_path(arg: str) -> Path:
@@ -37,6 +45,15 @@ def scenario_path(arg: str) -> Path:
             return c.resolve()
     shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.toml")))
     raise ServiceError(f"demo: no scenario {arg!r} (shipped: {shipped}; or give a file path)")
+
+
+def _last_end(chain: list[tuple[str, Path]]) -> int:
+    """The latest planned batch end of the nearest scenario in the chain that plans any."""
+    for _name, path in chain:
+        batches = tomllib.loads(path.read_text()).get("batches", [])
+        if batches:
+            return max(int(b.get("end_s", 0)) for b in batches)
+    return 6000
 
 
 def _chain(path: Path) -> list[tuple[str, Path]]:
@@ -74,4 +91,4 @@ def resolve(arg: str, edge_config: str | None = None) -> DemoScenario:
         looked = ", ".join(f"deploy/edge/{n}.toml" for n, _ in chain)
         raise ServiceError(f"demo: no edge config for scenario {chain[0][0]} (looked for "
                            f"{edge_config or looked}); give one with --edge-config")
-    return DemoScenario(path, chain[0][0], edge, _shipped_for(chain, "sites"))
+    return DemoScenario(path, chain[0][0], edge, _shipped_for(chain, "sites"), _last_end(chain))

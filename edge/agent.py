@@ -144,6 +144,10 @@ class Agent:
         self._results: deque[PollResult] = deque()
         self._readings: deque[wire.Reading] = deque()
         self._events: deque[wire.BatchEvent] = deque()
+        # the subscribers that read MES batch slots; while all are connected, every flush
+        # sends a batch frame (a watermark); while one is down, only real events go out
+        self._mes_sources = [sub for sub, server in zip(self.subscribers, config.opcua,
+                                                        strict=True) if server.mes]
         self.tasks = AgentTasks()
         self._flush_lock = asyncio.Lock()
         self.spool: Spool | None = None
@@ -307,11 +311,16 @@ class Agent:
             cols = frame_columns(results, readings)
             if cols[0]:
                 seqs.extend(await asyncio.to_thread(emit_within_budget, cols, self._spool_part))
-            if events:
+            if events or self._mes_live():
+                # with MES inputs live, a batch frame every flush, empty when nothing
+                # happened: a watermark telling compute every event up to its time was sent
                 seqs.append(await self._append_batches(events))
         if seqs and self.forwarder is not None:
             self.forwarder.notify()
         return seqs
+
+    def _mes_live(self) -> bool:
+        return bool(self._mes_sources) and all(s.connected.is_set() for s in self._mes_sources)
 
     def _spool_part(self, cols: Columns, may_refuse: bool) -> int:
         """Spool ``cols`` as one readings frame, encoded once with its real seq (worker thread).

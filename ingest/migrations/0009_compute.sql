@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS compute_meter_state (
 CREATE TABLE IF NOT EXISTS compute_site_state (
     site          text   PRIMARY KEY,
     settled_until bigint NOT NULL,  -- epoch ns
-    data_now      bigint NOT NULL   -- epoch ns
+    data_now      bigint NOT NULL,  -- epoch ns
+    batch_marks   jsonb  NOT NULL DEFAULT '{}'  -- gateway -> newest batch frame's send time
 );
 
 -- Where each interval's energy went, once the interval is settled (every batch

@@ -79,23 +79,25 @@ class Stream:
         on_time: list[tuple[str, bytes]] = []
         late: list[tuple[str, bytes]] = []
         seq = {"readings": 0, "batches": 0}
+        pending: list[BatchEvent] = []
         states = {"L1-press": -1, "L1-oven": -1}
         for t in range(0, self.duration_s + 1):
             if t > 0:
                 for m in counters:
                     counters[m] += rate(m, t - 1) / 3600.0
                 co2 += rate("M-AIR", t - 1) / 3600.0 * self.carbon_factor
-            events = [BatchEvent(a, b, p, kind, T0 + at * S, q if kind == "end" else None,
-                                 "t" if kind == "end" else None)
-                      for b, a, p, s, e, q in BATCHES
-                      for kind, at in (("start", s), ("end", e)) if at == t]
-            if events:
-                seq["batches"] += 1
-                on_time.append(("batches", encode(BatchFrame(
-                    self.site, self.gateway, seq["batches"], T0 + t * S, tuple(events)),
-                    self.key)))  # type: ignore[arg-type]
+            pending += [BatchEvent(a, b, p, kind, T0 + at * S, q if kind == "end" else None,
+                                   "t" if kind == "end" else None)
+                        for b, a, p, s, e, q in BATCHES
+                        for kind, at in (("start", s), ("end", e)) if at == t]
             if t % self.poll_s:
                 continue
+            # as the edge: every flush a batch frame, empty when nothing happened (a watermark)
+            seq["batches"] += 1
+            on_time.append(("batches", encode(BatchFrame(
+                self.site, self.gateway, seq["batches"], T0 + t * S, tuple(pending)),
+                self.key)))  # type: ignore[arg-type]
+            pending = []
             readings, held = [], []
             for m, value in counters.items():
                 unit, rate_unit = UNITS[m]

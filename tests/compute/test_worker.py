@@ -81,6 +81,34 @@ def test_footprints_match_the_exact_energy_and_balance_per_interval(
     assert missing == (0,) and total[0] > 5000
 
 
+def test_readings_far_ahead_of_the_batch_events_wait_for_them(
+        tmp_path, services, new_database, topic_prefix, stream) -> None:
+    """Readings and batch events travel on two topics: a worker catching up may read hours
+    of readings before the batch frames of that time. Nothing is settled past the batch
+    stream's watermark (the edge's batch frame every flush), so the result is the same."""
+    dsn = new_database()
+    migrate(dsn)
+    frames, _ = stream.frames()
+    readings = [f for f in frames if f[0] == "readings"]
+    batches = [f for f in frames if f[0] == "batches"]
+    config = server_toml(tmp_path / "server.toml", dsn, services.kafka_bootstrap, topic_prefix,
+                         "g-skew", {"demo-site": SMALL}, {stream.gateway: stream.public_key})
+    produce(services.kafka_bootstrap, topic_prefix, stream.site, readings)
+    worker = start_worker(config, tmp_path / "worker.log")
+    try:
+        wait_consumed(dsn, "g-skew", len(readings), [worker])
+        assert _finals(dsn) == {}  # no batch known yet: nothing can be allocated
+        produce(services.kafka_bootstrap, topic_prefix, stream.site, batches)
+        wait_consumed(dsn, "g-skew", len(frames), [worker])
+    finally:
+        stop(worker)
+    got, truth = _finals(dsn), stream.truth()
+    for batch, carriers in truth.items():
+        assert got[batch]["status"] == "final"
+        for carrier, energy in carriers.items():
+            assert got[batch]["energy"][carrier] == pytest.approx(energy, rel=1e-5)
+
+
 def test_sigkilled_three_times_gives_the_uninterrupted_result_row_for_row(
         tmp_path, services, new_database, topic_prefix, stream) -> None:
     frames, _ = stream.frames()

@@ -15,15 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def small_simulator(folder: Path, speed: float) -> Iterator[dict[str, Any]]:
-    """The `small` scenario at ``speed`` on free ports, no OPC UA; yields its endpoints JSON."""
+def small_simulator(folder: Path, speed: float, opcua: bool = False
+                    ) -> Iterator[dict[str, Any]]:
+    """The `small` scenario at ``speed`` on free ports (OPC UA only when asked, on a free
+    port); yields its endpoints JSON."""
     endpoints = folder / "endpoints.json"
     log = folder / "simulator.log"
     with log.open("wb") as out:  # a file, not a pipe: a chatty simulator never blocks
         proc = subprocess.Popen(
             [sys.executable, "-m", "simulators", "--scenario",
              str(ROOT / "deploy/scenarios/small.toml"), "--speed", f"{speed:g}",
-             "--port-base", "0", "--no-opcua", "--endpoints", str(endpoints)],
+             "--port-base", "0", "--endpoints", str(endpoints),
+             *(["--opcua-port", "0"] if opcua else ["--no-opcua"])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out,
         )
     try:

@@ -103,14 +103,40 @@ async def test_agent_spools_signed_frames_in_sequence(tmp_path, simulator):
     async with Agent(config, publishers=[out]) as agent:
         await asyncio.sleep(2.0)
         assert agent.pollers and all(p.connected for p in agent.pollers)
-    frames = decode_all([m.data for m in out.got], key, config.gateway)
+    messages = decode_all([m.data for m in out.got], key, config.gateway)
+    frames = [m for m in messages if isinstance(m, wire.Frame)]
     assert len(frames) >= 5
     check_frames(frames, SMALL_METERS)
+    # the MES (OPC UA) is not reachable here: no batch frame claims the batch stream is
+    # complete (the watermark heartbeats go out only while every MES session is up)
+    assert not [m for m in messages if isinstance(m, wire.BatchFrame)]
     # the device clocks (simulated time, 2025-01-06) stamp the flow and carbon meters
     gas = [r.ts_ns for f in frames for r in f.readings() if r.meter == "M-GAS"]
     assert all(1_736_143_200e9 <= ts < 1_736_143_200e9 + 86_400e9 for ts in gas)
     with Spool(config.spool, config.gateway) as spool:
         assert spool.depth == 0 and spool.next_seq("readings") == len(frames)
+
+
+@pytest.mark.slow
+async def test_agent_sends_a_batch_frame_every_flush_while_the_mes_is_up(tmp_path):
+    """The batch stream's watermark: with the MES (OPC UA) connected, every flush sends a
+    batch frame, empty when nothing happened, so compute knows no event is still missing."""
+    key = write_key(tmp_path)
+    with small_simulator(tmp_path, 1, opcua=True) as endpoints:
+        data = site_config(tmp_path, endpoints)
+        data["opcua"][0]["endpoint"] = endpoints["opcua"]["url"]
+        config = config_from_dict(data, tmp_path / "site.toml")
+        out = MemoryOutput()
+        async with Agent(config, publishers=[out]) as agent:
+            await asyncio.wait_for(agent.subscribers[0].connected.wait(), 15)
+            await asyncio.sleep(1.5)
+    messages = decode_all([m.data for m in out.got], key, config.gateway)
+    batches = [m for m in messages if isinstance(m, wire.BatchFrame)]
+    assert len(batches) >= 3, "a batch frame per flush while the MES is up"
+    assert sorted(b.seq for b in batches) == list(range(len(batches)))
+    assert all(b.events == () for b in batches)  # the first batch starts at 600 s
+    sent = [b.sent_ns for b in sorted(batches, key=lambda b: b.seq)]
+    assert sent == sorted(sent)
 
 
 async def test_agent_validates_before_touching_anything(tmp_path):
