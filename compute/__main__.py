@@ -5,6 +5,8 @@
     python -m compute --config server.toml factors list|add ...
 
 A bad config or site model ends with one line naming the file and key, exit 1.
+Unknown arguments, and ``footprints``/``factors`` against a database that cannot
+answer (unreachable, not migrated), end with one line, exit 2.
 """
 
 from __future__ import annotations
@@ -47,20 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     _logging(args.verbose)
     try:
         cfg = load_config(args.config)
-        if args.command == "footprints":
-            from compute.report import print_footprints
-            return print_footprints(cfg.database.dsn.get_secret_value(), args.batch, args.json)
         if args.command == "factors":
             from compute.factors_cli import factors_main
             return int(factors_main(rest, cfg.database.dsn.get_secret_value()))
-        if rest:
+        if rest:  # the factors subcommand parses its own; nothing else takes more
             print(f"compute: unknown arguments {' '.join(rest)}", file=sys.stderr)
             return 2
+        if args.command == "footprints":
+            from compute.report import print_footprints
+            return print_footprints(cfg.database.dsn.get_secret_value(), args.batch, args.json)
         from compute.site import load_sites
         from compute.worker import run_worker
         if not cfg.compute.sites:
             raise ComputeError(f"{args.config}: [compute] sites: no site model configured "
-                               "(e.g. sites = {{ \"demo-site\" = \"sites/small.toml\" }})")
+                               '(e.g. sites = { "demo-site" = "sites/small.toml" })')
         run_worker(cfg, load_sites(cfg.compute.sites, args.config.parent))
         return 0
     except (ConfigError, ComputeError, IngestError) as exc:

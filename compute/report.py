@@ -12,10 +12,13 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from ingest.db import connect
+from ingest.db import connect, describe_dsn
+
+PROG = "python -m compute footprints"
 
 _COLS = """batch_id, revision, status, product, asset, start_ts, end_ts, quantity, unit,
     declared_units, energy, energy_unit, uncertainty, kgco2e_location, kgco2e_market,
@@ -59,7 +62,18 @@ def demo_shape(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_footprints(dsn: str, batch: str | None, as_json: bool) -> int:
-    rows = footprint_rows(dsn, batch)
+    """Print the footprints; exit code 0, or 2 with one line when the database cannot
+    answer (unreachable, or not migrated to compute's tables)."""
+    try:
+        rows = footprint_rows(dsn, batch)
+    except psycopg.OperationalError as exc:
+        print(f"{PROG}: error: cannot reach the database {describe_dsn(dsn)}: "
+              f"{str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    except psycopg.errors.UndefinedTable:
+        print(f"{PROG}: error: {describe_dsn(dsn)} has no batch_footprint table: run "
+              "`python -m ingest migrate` (as the database owner) first", file=sys.stderr)
+        return 2
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
