@@ -13,10 +13,9 @@ from typing import Any
 
 import orjson
 import psycopg
-from rich.console import Console
-from rich.table import Table
 
 from ingest.db import connect, describe_dsn
+from ingest.ops_render import Table, render
 
 PROG = "python -m compute footprints"
 
@@ -77,20 +76,22 @@ def print_footprints(dsn: str, batch: str | None, as_json: bool) -> int:
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
-    table = Table(title="batch footprints (newest revision)" if batch is None else
-                  f"batch {batch}: every revision")
-    for col in ("batch", "rev", "status", "product", "energy", "± (k=2)", "kgCO2e loc",
-                "kgCO2e mkt", "per unit", "primary", "flags"):
-        table.add_column(col)
+    title = ("batch footprints (newest revision)" if batch is None else
+             f"batch {batch}: every revision")
+    columns = ("batch", "rev", "status", "product", "energy", "± (k=2)", "kgCO2e loc",
+               "kgCO2e mkt", "loc per unit", "primary", "flags")
+    cells = []
     for r in rows:
         energy = ", ".join(f"{v:.3f} {r['energy_unit'].get(c, '')}" for c, v in
                            sorted(r["energy"].items()))
-        unc = ", ".join(f"{v:.3f}" for _, v in sorted(r["uncertainty"].items()))
+        unc = ", ".join(f"{v:.3f} {r['energy_unit'].get(c, '')}" for c, v in
+                        sorted(r["uncertainty"].items()))
         per_unit = "" if r["per_unit_location"] is None else f"{r['per_unit_location']:.4f}"
-        table.add_row(r["batch_id"], str(r["revision"]), r["status"], r["product"], energy, unc,
-                      f"{r['kgco2e_location']:.2f}", f"{r['kgco2e_market']:.2f}", per_unit,
-                      f"{r['primary_data_share']:.1%}", ", ".join(r["flags"]))
-    Console().print(table)
+        cells.append((r["batch_id"], str(r["revision"]), r["status"], r["product"], energy,
+                      unc, f"{r['kgco2e_location']:.2f}", f"{r['kgco2e_market']:.2f}",
+                      per_unit, f"{r['primary_data_share']:.1%}", ", ".join(r["flags"])))
+    # plain text, 200 columns when piped (rich would wrap at 80), as the other commands
+    render([Table(title, columns, cells)], [], sys.stdout)
     if not rows:
         print("no footprints yet", file=sys.stderr)
     return 0
