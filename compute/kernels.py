@@ -55,13 +55,16 @@ class CounterState(NamedTuple):
     ``last_ts`` (ns, ``NO_TS`` before the first reading), ``baseline`` (counter
     unit, the value the next delta is taken from), ``last_rate`` (counter unit
     per hour of the last measured interval, NaN when none), ``skipped``
-    (readings dropped so far: not after the previous one, or not finite).
+    (readings dropped so far: not after the previous one, or not finite),
+    ``moved_ts`` (ns, the last reading at which the counter rose: a register
+    frozen for a while catches up later by everything it missed).
     """
 
     last_ts: int = NO_TS
     baseline: float = math.nan
     last_rate: float = math.nan
     skipped: int = 0
+    moved_ts: int = NO_TS
 
 
 class CounterIntervals(NamedTuple):
@@ -96,7 +99,11 @@ def unwrap_counter(
     interval still taken as continuous.
 
     Per interval ``dt`` (hours) with ``cap = rated_per_h x dt``: a delta in
-    [0, cap + resolution] is measured; a fall within ``resolution`` is
+    [0, cap + resolution] is measured, where for a rise ``dt`` reaches back to the
+    last reading at which the counter rose (a frozen register — a stuck meter, a
+    stalled device — catches up by real energy, not a spike; when that catch-up
+    spans more than ``gap_ns`` its interval is flagged GAP: total exact, spread
+    estimated); a fall within ``resolution`` is
     NON_MONOTONIC (energy 0, the baseline keeps the higher value); a fall that
     unwraps (value + (wrap - baseline)) to at most 1.5 cap + resolution is a
     ROLLOVER (measured); any other fall is a RESET (new baseline, energy
@@ -105,7 +112,7 @@ def unwrap_counter(
     energy: new baseline, energy estimated like a reset). An interval longer
     than ``gap_ns`` is also flagged GAP and ESTIMATED with ``estimated =
     energy``. ``last_rate`` is learned only from MEASURED or ROLLOVER
-    intervals. So energy is always within [0, rated x dt + resolution].
+    intervals. So energy is always within [0, rated x span + resolution].
     """
     if not isinstance(state, CounterState):
         # a float64 carry would round last_ts to 256 ns and break cut invariance
@@ -118,14 +125,16 @@ def unwrap_counter(
             f"meter parameters out of range: wrap={wrap} (>= 0), resolution={resolution} "
             f"(>= 0), rated_per_h={rated_per_h} (> 0), gap_ns={gap_ns} (> 0)"
         )
-    start, end, energy, estimated, flags, last_ts, baseline, last_rate, skipped = _unwrap_impl(
+    (start, end, energy, estimated, flags, last_ts, baseline, last_rate, skipped,
+     moved_ts) = _unwrap_impl(
         ts, value, np.int64(state.last_ts), float(state.baseline), float(state.last_rate),
         np.int64(state.skipped), float(wrap), float(rated_per_h), float(resolution),
-        np.int64(gap_ns),
+        np.int64(gap_ns), np.int64(state.moved_ts),
     )
     return CounterIntervals(
         start, end, energy, estimated, flags,
-        CounterState(int(last_ts), float(baseline), float(last_rate), int(skipped)),
+        CounterState(int(last_ts), float(baseline), float(last_rate), int(skipped),
+                     int(moved_ts)),
     )
 
 
@@ -133,7 +142,8 @@ def unwrap_counter(
 def _unwrap_impl(  # a meter's state and parameters, flat for numba
     ts: I64, value: F64, last_ts: np.int64, baseline: float, last_rate: float,
     skipped: np.int64, wrap: float, rated_per_h: float, resolution: float, gap_ns: np.int64,
-) -> tuple[I64, I64, F64, F64, I64, np.int64, float, float, np.int64]:
+    moved_ts: np.int64,
+) -> tuple[I64, I64, F64, F64, I64, np.int64, float, float, np.int64, np.int64]:
     n = ts.shape[0]
     start = np.empty(n, np.int64)
     end = np.empty(n, np.int64)
@@ -149,9 +159,12 @@ def _unwrap_impl(  # a meter's state and parameters, flat for numba
             continue
         if last_ts == NO_TS:  # the first reading only sets the baseline
             last_ts = t
+            moved_ts = t
             baseline = v
             continue
         dt_h = (t - last_ts) / NS_PER_HOUR
+        since = last_ts if moved_ts == NO_TS or moved_ts > last_ts else moved_ts
+        span_h = (t - since) / NS_PER_HOUR  # back to the counter's last rise
         cap = rated_per_h * dt_h
         f = MEASURED
         e = 0.0
@@ -167,7 +180,7 @@ def _unwrap_impl(  # a meter's state and parameters, flat for numba
             else:
                 f = RESET | ESTIMATED
         if (f | ROLLOVER) == ROLLOVER:  # measured so far, wrapped or not
-            if delta > cap + resolution:
+            if delta > rated_per_h * span_h + resolution:
                 f |= SPIKE | ESTIMATED
             else:
                 e = delta
@@ -175,11 +188,13 @@ def _unwrap_impl(  # a meter's state and parameters, flat for numba
             if not np.isnan(last_rate):
                 e = min(last_rate, rated_per_h) * dt_h
         elif f != NON_MONOTONIC and t - last_ts <= gap_ns:
-            last_rate = e / dt_h
+            last_rate = e / (span_h if e > cap + resolution else dt_h)
         est = e if f & ESTIMATED else 0.0
-        if t - last_ts > gap_ns:
-            f |= GAP | ESTIMATED
+        if t - last_ts > gap_ns or (e > cap + resolution and t - since > gap_ns):
+            f |= GAP | ESTIMATED  # a long interval, or a long-frozen register's catch-up
             est = e
+        if f != NON_MONOTONIC and (e > 0.0 or f & (RESET | SPIKE)):
+            moved_ts = t
         start[k] = last_ts
         end[k] = t
         energy[k] = e
@@ -189,7 +204,7 @@ def _unwrap_impl(  # a meter's state and parameters, flat for numba
         last_ts = t
         baseline = new_base
     return (start[:k], end[:k], energy[:k], estimated[:k], flags[:k],
-            last_ts, baseline, last_rate, skipped)
+            last_ts, baseline, last_rate, skipped, moved_ts)
 
 
 def resample_energy(src_start: I64, src_end: I64, src_energy: F64,

@@ -126,10 +126,11 @@ def carry_from_json(raw: object) -> MeterCarry:
                       else float("nan"))
 
 
-def _state(v: Sequence[object]) -> tuple[int, float, float, int]:
+def _state(v: Sequence[object]) -> tuple[int, float, float, int, int]:
     def num(x: object) -> float:
         return float("nan") if x is None else float(x)  # type: ignore[arg-type]
-    return int(v[0]), num(v[1]), num(v[2]), int(v[3])  # type: ignore[call-overload]
+    moved = int(v[4]) if len(v) > 4 else int(v[0])  # type: ignore[call-overload]
+    return int(v[0]), num(v[1]), num(v[2]), int(v[3]), moved  # type: ignore[call-overload]
 
 
 class ComputeStore:

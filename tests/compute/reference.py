@@ -23,16 +23,18 @@ def unwrap_counter(ts: Sequence[int], value: Sequence[float], state: K.CounterSt
                    wrap: float, rated_per_h: float, resolution: float, gap_ns: int
                    ) -> tuple[list[tuple[int, int, float, float, int]], K.CounterState]:
     """Intervals (start, end, energy, estimated, flags) and the state after them."""
-    last_ts, base, rate, skipped = state
+    last_ts, base, rate, skipped, moved = state
     out: list[tuple[int, int, float, float, int]] = []
     for t, v in zip(ts, value, strict=True):
         if not math.isfinite(v) or (last_ts != K.NO_TS and t <= last_ts):
             skipped += 1
             continue
         if last_ts == K.NO_TS:
-            last_ts, base = t, v
+            last_ts, base, moved = t, v, t
             continue
         dt_h = (t - last_ts) / NS_PER_HOUR
+        since = last_ts if moved == K.NO_TS or moved > last_ts else moved
+        span_h = (t - since) / NS_PER_HOUR  # a frozen register catches up: back to its last rise
         cap = rated_per_h * dt_h
         if v - base < 0 and base - v <= resolution:
             kind, new_base, energy = "jitter", base, 0.0
@@ -44,19 +46,21 @@ def unwrap_counter(ts: Sequence[int], value: Sequence[float], state: K.CounterSt
             kind, new_base, energy = "measured", v, v - base
         flags = {"jitter": K.NON_MONOTONIC, "rollover": K.ROLLOVER,
                  "reset": K.RESET | K.ESTIMATED, "measured": K.MEASURED}[kind]
-        if kind in ("rollover", "measured") and energy > cap + resolution:
+        if kind in ("rollover", "measured") and energy > rated_per_h * span_h + resolution:
             flags |= K.SPIKE | K.ESTIMATED
         if flags & K.ESTIMATED:
             energy = 0.0 if math.isnan(rate) else min(rate, rated_per_h) * dt_h
         elif kind != "jitter" and t - last_ts <= gap_ns:
-            rate = energy / dt_h
+            rate = energy / (span_h if energy > cap + resolution else dt_h)
         estimated = energy if flags & K.ESTIMATED else 0.0
-        if t - last_ts > gap_ns:
+        if t - last_ts > gap_ns or (energy > cap + resolution and t - since > gap_ns):
             flags |= K.GAP | K.ESTIMATED
             estimated = energy
+        if kind != "jitter" and (energy > 0 or flags & (K.RESET | K.SPIKE)):
+            moved = t
         out.append((last_ts, t, energy, estimated, flags))
         last_ts, base = t, new_base
-    return out, K.CounterState(last_ts, base, rate, skipped)
+    return out, K.CounterState(last_ts, base, rate, skipped, moved)
 
 
 def split_at_knots(start: Sequence[int], end: Sequence[int], energy: Sequence[float],

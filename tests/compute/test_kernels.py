@@ -87,6 +87,17 @@ def test_spike_of_500_kwh_is_not_energy() -> None:
     assert r.estimated[1] == r.energy[1]
 
 
+def test_stuck_register_catching_up_is_energy_not_a_spike() -> None:
+    # 55 kW for 5 minutes; the registers froze for the middle three (the faults scenario's
+    # `stuck`, or a device stalled): the catch-up is real energy, booked where it shows
+    ts = minutes(6)
+    r = unwrap(ts, f64(100.0, 100.0 + 55 / 60, 100.0 + 55 / 60, 100.0 + 55 / 60,
+                       100.0 + 4 * 55 / 60, 100.0 + 5 * 55 / 60), rated=60.0, gap_s=120)
+    assert r.flags.tolist() == [0, 0, 0, K.GAP | K.ESTIMATED, 0]  # spread in time estimated
+    assert r.energy.sum() == pytest.approx(5 * 55 / 60)
+    assert r.estimated[3] == r.energy[3] == pytest.approx(3 * 55 / 60)
+
+
 def test_spike_estimate_is_capped_by_the_rated_rate() -> None:
     # a rate learned from one count in one second would exceed what the meter can do
     ts = T0 + i64(0, 1, 61) * S
@@ -215,9 +226,11 @@ def faulty_meters(draw: st.DrawFn) -> dict[str, Any]:
     # counter = floor(true energy / resolution) + offset; resets and spikes move the offset
     offset, energy = draw(st.integers(0, mod - 1)), 0.0
     ts, counts, faults = [T0], [offset], []
+    rose = T0  # when the counter last rose: a spike must exceed what the rate allows since
     for _ in range(draw(st.integers(1, 40))):
         dt = draw(st.integers(1, 900))
         cap = rated * dt / 3600
+        span_cap = rated * ((ts[-1] + dt * S - rose) / S) / 3600
         before = math.floor(energy / res)
         energy += draw(st.floats(0.0, 0.9)) * cap
         fault = draw(st.sampled_from(["none"] * 6 + ["reset", "spike"]))
@@ -230,10 +243,17 @@ def faulty_meters(draw: st.DrawFn) -> dict[str, Any]:
             else:
                 fault = "none"
         elif fault == "spike":
-            offset += math.ceil(draw(st.floats(cap + 3 * res, min(5000.0, mod * res / 2))) / res)
+            low = span_cap + 3 * res
+            if low < mod * res / 2:
+                offset += math.ceil(draw(st.floats(low, max(low, min(5000.0, mod * res / 2))))
+                                    / res)
+            else:
+                fault = "none"
         ts.append(ts[-1] + dt * S)
         counts.append(math.floor(energy / res) + offset)
         faults.append(fault)
+        if counts[-1] != counts[-2]:
+            rose = ts[-1]
     return {"ts": np.array(ts, dtype=np.int64),
             "value": np.array([(c % mod) * res for c in counts]), "faults": faults,
             "counts": counts, "res": res, "wrap": mod * res, "mod": mod, "rated": rated}
@@ -246,7 +266,12 @@ def test_faults_are_flagged_and_never_book_negative_or_huge_energy(m: dict[str, 
                gap_s=600)
     dt_h = (r.end - r.start) / 3.6e12
     assert np.all(r.energy >= 0.0)
-    assert np.all(r.energy <= m["rated"] * dt_h + m["res"] + 1e-9)
+    # a frozen register may catch up in one interval, never beyond what the rated rate
+    # allows since the counter last rose; over any prefix, never beyond rated x elapsed
+    elapsed_h = (r.end - r.start[:1]) / 3.6e12
+    assert np.all(np.cumsum(r.energy) <= m["rated"] * elapsed_h
+                  + m["res"] * np.arange(1, len(r.energy) + 1) + 1e-9)
+    assert np.all(dt_h > 0)
     assert np.all((r.estimated >= 0.0) & (r.estimated <= r.energy))
     counts, mod = m["counts"], m["mod"]
     for k, fault in enumerate(m["faults"]):
