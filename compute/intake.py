@@ -18,7 +18,7 @@ uninterrupted one did.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -106,6 +106,20 @@ class _Routes:
         self.code = i64()  # per route id, for whole columns at once
         self.factor = f64()
         self.special = np.zeros(0, dtype=bool)  # skipped with a note, or refused
+        # gateway -> its last frame's meters, channels, units and their route ids
+        self._layouts: dict[str, tuple[list[str], list[str], list[str], I64]] = {}
+
+    def layout_ids(self, gateway: str, meter: Sequence[str], channel: Sequence[str],
+                   unit: Sequence[str]) -> I64:
+        """Route ids of a frame's readings. A gateway sends the same meters, channels and
+        units poll after poll: comparing them with its last frame's is cheaper than
+        looking each reading up."""
+        last = self._layouts.get(gateway)
+        if last is not None and last[0] == meter and last[1] == channel and last[2] == unit:
+            return last[3]
+        rid = self.route_ids(list(zip(meter, channel, unit, strict=True)))
+        self._layouts[gateway] = (list(meter), list(channel), list(unit), rid)
+        return rid
 
     def route_ids(self, keys: list[tuple[str, str, str] | Any]) -> I64:
         """Route id of each key; keys seen for the first time are routed here."""
@@ -217,7 +231,7 @@ def _collect(frame: Frame, keep: list[int] | None, routes: _Routes, site_in: Sit
         meter, channel, unit = [meter[i] for i in idx], [channel[i] for i in idx], \
             [unit[i] for i in idx]
         ts_in, value_in = [ts_in[i] for i in idx], [value_in[i] for i in idx]
-    rid = routes.route_ids(list(zip(meter, channel, unit, strict=True)))
+    rid = routes.layout_ids(frame.gateway, meter, channel, unit)
     if routes.special[rid].any():  # rare: readings the site model does not route
         for r in (routes.routes[k] for k in rid.tolist()):
             if r.error is not None:
