@@ -75,6 +75,9 @@ class MeterAllocation:
     # how the meter's energy is spread in time (split at knots): a parent's residual
     # subtracts its children's energy re-binned from these, not from raw intervals
     spread: tuple[I64, I64, F64] | None = None
+    # per interval, the meter's energy as allocated from: as counted, or with a frozen
+    # register's catch-up spread back (respread_catch_ups); None: as counted
+    metered: F64 | None = None
 
 
 @dataclass
@@ -235,10 +238,55 @@ def residual(parent: Intervals, children: Sequence[tuple[I64, I64, F64]]) -> F64
     return f64(total)
 
 
+def respread_catch_ups(iv: Intervals) -> Intervals:
+    """A frozen register's catch-up spread evenly back over the frozen stretch.
+
+    A meter whose registers froze (a stuck device, a stalled gateway link) shows
+    intervals of no energy and then one interval with all of it (kernel flag
+    CATCH_UP). Its total is measured; when it was consumed is not: it is spread
+    evenly over the frozen stretch (the zero intervals before it) and the whole
+    stretch is marked estimated. Without this, a parent's residual subtracts its
+    children's energy at other times than the parent's own, and the batches
+    running during the freeze get the difference.
+    """
+    ups = np.flatnonzero(iv.flags & kernels.CATCH_UP)
+    if len(ups) == 0:
+        return iv
+    out = iv.slice(0, len(iv))
+    out.energy, out.estimated, out.flags = (iv.energy.copy(), iv.estimated.copy(),
+                                            iv.flags.copy())
+    for i in ups:
+        j = int(i)
+        while j > 0 and iv.energy[j - 1] == 0.0 and not iv.flags[j - 1] & (
+                kernels.RESET | kernels.SPIKE | kernels.CATCH_UP):
+            j -= 1
+        if j == i:
+            continue
+        span = float(iv.end[i] - iv.start[j])
+        share = iv.energy[i] * (iv.end[j:i + 1] - iv.start[j:i + 1]) / span
+        share[-1] = iv.energy[i] - share[:-1].sum()  # the total stays exact
+        out.energy[j:i + 1] = share
+        out.estimated[j:i + 1] = share
+        out.flags[j:i + 1] |= kernels.CATCH_UP | kernels.ESTIMATED
+    return out
+
+
 def allocate_site(site: SiteSpec, series: Mapping[str, Intervals], batches: Sequence[Batch],
                   states: Mapping[str, StateChanges]) -> SiteAllocation:
-    """Every meter of the site, in the order sub-division, shared, parent residual."""
+    """Every meter of the site, in the order sub-division, shared, parent residual.
+
+    ``series`` as the meters counted it; frozen registers' catch-ups are first spread
+    back over the frozen stretch (:func:`respread_catch_ups`)."""
+    series = {m: respread_catch_ups(iv) for m, iv in series.items()}
     ordered = sorted(batches, key=lambda b: (b.start_ns, b.batch_id))
+    out = _allocate_all(site, series, ordered, states)
+    for meter, ma in out.meters.items():
+        ma.metered = series[meter].energy
+    return out
+
+
+def _allocate_all(site: SiteSpec, series: Mapping[str, Intervals], ordered: list[Batch],
+                  states: Mapping[str, StateChanges]) -> SiteAllocation:
     out = SiteAllocation(list(ordered))
     idle_next = site.idle_policy == "next_batch"
     # children before their parents: a residual needs its children's spread in time

@@ -26,7 +26,7 @@ from compute.model import Batch, Intervals
 
 FLAG_NAMES = {
     kernels.GAP: "gap", kernels.ROLLOVER: "rollover", kernels.RESET: "reset",
-    kernels.SPIKE: "spike",
+    kernels.SPIKE: "spike", kernels.CATCH_UP: "catch_up",
 }
 
 

@@ -28,8 +28,8 @@ from compute.kernels_check import F64, I64, floats, ints, require_sorted, same_l
 from compute.kernels_smooth import smooth_rate
 
 __all__ = [
-    "ESTIMATED", "GAP", "MEASURED", "NON_MONOTONIC", "NO_TS", "OPEN_END", "RESET", "ROLLOVER",
-    "SPIKE", "CounterIntervals", "CounterState", "allocate_overlap", "resample_energy",
+    "CATCH_UP", "ESTIMATED", "GAP", "MEASURED", "NON_MONOTONIC", "NO_TS", "OPEN_END", "RESET",
+    "ROLLOVER", "SPIKE", "CounterIntervals", "CounterState", "allocate_overlap", "resample_energy",
     "smooth_rate", "split_at_knots", "sum_by_key", "unwrap_counter", "weight_segments",
 ]
 
@@ -40,6 +40,7 @@ ROLLOVER = 4
 RESET = 8
 SPIKE = 16
 NON_MONOTONIC = 32
+CATCH_UP = 64  # a frozen register caught up: total measured, its spread in time estimated
 
 NO_TS = -(2**63)  # "no reading yet" in CounterState.last_ts
 OPEN_END = 2**63 - 1  # end of a batch still running (ns)
@@ -102,8 +103,8 @@ def unwrap_counter(
     [0, cap + resolution] is measured, where for a rise ``dt`` reaches back to the
     last reading at which the counter rose (a frozen register — a stuck meter, a
     stalled device — catches up by real energy, not a spike; when that catch-up
-    spans more than ``gap_ns`` its interval is flagged GAP: total exact, spread
-    estimated); a fall within ``resolution`` is
+    is flagged CATCH_UP and ESTIMATED: total exact, spread estimated — and GAP too
+    when it spans more than ``gap_ns``); a fall within ``resolution`` is
     NON_MONOTONIC (energy 0, the baseline keeps the higher value); a fall that
     unwraps (value + (wrap - baseline)) to at most 1.5 cap + resolution is a
     ROLLOVER (measured); any other fall is a RESET (new baseline, energy
@@ -189,9 +190,11 @@ def _unwrap_impl(  # a meter's state and parameters, flat for numba
                 e = min(last_rate, rated_per_h) * dt_h
         elif f != NON_MONOTONIC and t - last_ts <= gap_ns:
             last_rate = e / (span_h if e > cap + resolution else dt_h)
+        if e > cap + resolution:  # more than this interval allows: a frozen register's catch-up
+            f |= CATCH_UP | ESTIMATED
         est = e if f & ESTIMATED else 0.0
-        if t - last_ts > gap_ns or (e > cap + resolution and t - since > gap_ns):
-            f |= GAP | ESTIMATED  # a long interval, or a long-frozen register's catch-up
+        if t - last_ts > gap_ns or (f & CATCH_UP and t - since > gap_ns):
+            f |= GAP | ESTIMATED
             est = e
         if f != NON_MONOTONIC and (e > 0.0 or f & (RESET | SPIKE)):
             moved_ts = t

@@ -241,9 +241,13 @@ class SiteState:
         n_alloc = min(n_old, len(ma.unallocated))
         for i in range(n_done, n_alloc):
             rows.append((meter, int(iv.end[i]), "", float(ma.unallocated[i]), ma.rule))
-            other = float(iv.energy[i] - ma.allocated_energy[i])
-            if other != 0.0:  # a parent's children, allocated through the children
-                rows.append((meter, int(iv.end[i]), "(children)", other, "children"))
+            metered = float(ma.metered[i]) if ma.metered is not None else float(iv.energy[i])
+            children = metered - float(ma.allocated_energy[i])
+            if children != 0.0:  # a parent's children, allocated through the children
+                rows.append((meter, int(iv.end[i]), "(children)", children, "children"))
+            moved = float(iv.energy[i]) - metered
+            if moved != 0.0:  # a frozen register's catch-up, spread back over the freeze
+                rows.append((meter, int(iv.end[i]), "(respread)", moved, "respread"))
 
 
 def _append(into: dict[str, Intervals], meter: str, new: Intervals) -> None:

@@ -52,8 +52,10 @@ def unwrap_counter(ts: Sequence[int], value: Sequence[float], state: K.CounterSt
             energy = 0.0 if math.isnan(rate) else min(rate, rated_per_h) * dt_h
         elif kind != "jitter" and t - last_ts <= gap_ns:
             rate = energy / (span_h if energy > cap + resolution else dt_h)
+        if energy > cap + resolution:
+            flags |= K.CATCH_UP | K.ESTIMATED
         estimated = energy if flags & K.ESTIMATED else 0.0
-        if t - last_ts > gap_ns or (energy > cap + resolution and t - since > gap_ns):
+        if t - last_ts > gap_ns or (flags & K.CATCH_UP and t - since > gap_ns):
             flags |= K.GAP | K.ESTIMATED
             estimated = energy
         if kind != "jitter" and (energy > 0 or flags & (K.RESET | K.SPIKE)):

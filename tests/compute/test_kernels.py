@@ -93,7 +93,8 @@ def test_stuck_register_catching_up_is_energy_not_a_spike() -> None:
     ts = minutes(6)
     r = unwrap(ts, f64(100.0, 100.0 + 55 / 60, 100.0 + 55 / 60, 100.0 + 55 / 60,
                        100.0 + 4 * 55 / 60, 100.0 + 5 * 55 / 60), rated=60.0, gap_s=120)
-    assert r.flags.tolist() == [0, 0, 0, K.GAP | K.ESTIMATED, 0]  # spread in time estimated
+    # the catch-up's total is measured, its spread in time estimated (and a gap: > 120 s)
+    assert r.flags.tolist() == [0, 0, 0, K.CATCH_UP | K.GAP | K.ESTIMATED, 0]
     assert r.energy.sum() == pytest.approx(5 * 55 / 60)
     assert r.estimated[3] == r.energy[3] == pytest.approx(3 * 55 / 60)
 

