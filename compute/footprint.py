@@ -73,8 +73,12 @@ def _accumulate(fp_by_id: Mapping[str, Footprint], batches: Sequence[Batch], met
         energy = float(alloc.energy[rows].sum())
         _add(fp.energy, carrier, energy)
         _add(fp.estimated, carrier, float(alloc.estimated[rows].sum()))
-        # counter quantisation: at most one count at each end of the batch's span
-        _add(fp.uncertainty, carrier, float(alloc.uncertainty[rows].sum()) + 2 * resolution)
+        # counter quantisation (at most one count at each end of the batch's span), the
+        # boundary spread, and half of any energy guessed for a reset or a spike (the
+        # counter said nothing of it: last measured rate x time)
+        guessed = (iv.flags[alloc.interval[rows]] & (kernels.RESET | kernels.SPIKE)) != 0
+        _add(fp.uncertainty, carrier, float(alloc.uncertainty[rows].sum()) + 2 * resolution
+             + 0.5 * float(alloc.energy[rows][guessed].sum()))
         fp.per_meter[meter] = fp.per_meter.get(meter, 0.0) + energy
         ivs = alloc.interval[rows]
         for bit, name in FLAG_NAMES.items():

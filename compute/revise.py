@@ -100,7 +100,7 @@ def revise_late(cur: Cursor, state: SiteState, late: Mapping[str, Intervals]) ->
                          key=lambda x: (x.start_ns, x.batch_id))
         alloc = allocate_site(state.view, series, batches, _states(cur, site, ctx_lo, ctx_hi))
         loc, mkt = state.factor_maps()
-        fp = batch_footprints(alloc, series, state.view.carriers, state.view.resolutions,
+        fp = batch_footprints(alloc, series, state.view.carriers, state.resolutions(),
                               loc, mkt)[b.batch_id]
         if not changed(prev.energy, fp.energy):
             continue

@@ -133,7 +133,7 @@ class SiteState:
         batches = sorted(self.batches.values(), key=lambda b: (b.start_ns, b.batch_id))
         alloc = allocate_site(self.view, self.series, batches, self.states)
         fps = batch_footprints(alloc, self.series, self.view.carriers,
-                               self.view.resolutions, *self.factor_maps())
+                               self.resolutions(), *self.factor_maps())
         coverage = self._coverage()
         final_ids = {b for b, s in self.stored.items() if s.status != "provisional"}
         for b in batches:
@@ -144,6 +144,11 @@ class SiteState:
         self._settle(alloc, batches, coverage)
         out, self.pending = self.pending, Outcome()
         return out
+
+    def resolutions(self) -> dict[str, float]:
+        """Counter resolution per meter now (float counters: their spacing at the value)."""
+        return self.view.resolutions_at({m: c.energy.baseline for m, c in self.carry.items()
+                                         if c.energy.baseline == c.energy.baseline})
 
     def _coverage(self) -> dict[str, int]:
         """Per meter, up to when its data is complete for every use: its last reading,

@@ -47,6 +47,17 @@ class SiteSpecView:
     def carbon_tolerance(self) -> float:
         return self.model.carbon_tolerance
 
+    def resolutions_at(self, baselines: Mapping[str, float]) -> dict[str, float]:
+        """Per meter, one count in canonical units at its counter's present value: the
+        count of an integer counter, the float spacing of a float counter (a float32 kWh
+        register near 60 000 kWh resolves ~0.004 kWh); ``baselines`` canonical."""
+        out = dict(self.resolutions)
+        for mid, m in self.model.meters.items():
+            if m.counter_bits is None and mid in baselines:
+                f = self.model.canonical_factor(mid)
+                out[mid] = m.quantum(baselines[mid] / f) * f
+        return out
+
     @property
     def residual_half_ns(self) -> int:
         """Half the residual smoothing window (ns); also how much history and how much
