@@ -260,22 +260,33 @@ def _sweep(i0: int, k: int, npairs: int, i_start: I64, i_end: I64, i_energy: F64
     """Intervals from i0 on, until done or the pair buffers might not hold the next one."""
     n, m, nb = i_start.shape[0], seg_start.shape[0], b_start.shape[0]
     cap = p_int.shape[0]
+    # segment k's bounds and members, reloaded only when the sweep moves on
+    cur = -1
+    k_start, k_end, lo, hi, total, last = 0, 0, 0, 0, 0.0, 0
     for i in range(i0, n):
         s, e, energy = i_start[i], i_end[i], i_energy[i]
         while k < m and seg_end[k] <= s:
             k += 1
-        if k < m and seg_start[k] <= s and e <= seg_end[k] and ptr[k + 1] > ptr[k]:
+        if k < m and k != cur:
+            cur = k
+            k_start, k_end, lo, hi = seg_start[k], seg_end[k], ptr[k], ptr[k + 1]
+            total, last = seg_total[k], seg_last[k]
+        if k < m and k_start <= s and e <= k_end and hi > lo:
             # the common case: the whole interval inside one segment with batches running;
             # members are distinct and ascending, so the pairs go out as they come
-            lo, hi, total = ptr[k], ptr[k + 1], seg_total[k]
             if npairs + hi - lo > cap:
                 return i, k, npairs
+            if hi - lo == 1:  # one batch running: it takes it all
+                if energy != 0.0:
+                    p_int[npairs], p_bat[npairs], p_en[npairs] = i, member[lo], energy
+                    npairs += 1
+                continue
             share_left = energy
             for p in range(lo, hi):
                 w = weight[p]
                 if total > 0.0 and w <= 0.0:
                     continue
-                if p == seg_last[k]:
+                if p == last:
                     part = share_left
                 elif total > 0.0:
                     part = energy * (w / total)
