@@ -29,3 +29,9 @@ def test_quick_bench_reports_every_area(tmp_path: Path, services) -> None:
     assert {area for area, _ in names} == {"wire", "edge", "ingest", "simulators", "compute"}
     for figure in report["figures"]:
         assert figure["value"] > 0 and figure["baseline_value"] > 0, figure
+    compute = [name for area, name in names if area == "compute"]
+    # issue 9's figures: the kernels against pandas and bandwidth, the worker's readings
+    # per core, its lag p50 and p99, its cold start
+    for part in ("pandas", "bandwidth", "readings per CPU-second", "lag p50", "lag p99",
+                 "cold start"):
+        assert any(part in name for name in compute), (part, compute)
