@@ -81,8 +81,11 @@ def _run_path(model: SiteModel, keys: dict[str, Any], records: list[Record],
     state = _site_state(model)
     for lo in range(0, len(records), MICRO_BATCH_RECORDS):
         t0 = cpu_seconds()
-        accepted = [a for rec in records[lo:lo + MICRO_BATCH_RECORDS]
-                    if isinstance(a := accept(rec, keys, 16 << 20, limits), Accepted)]
+        got = [accept(rec, keys, 16 << 20, limits)
+               for rec in records[lo:lo + MICRO_BATCH_RECORDS]]
+        accepted = [a for a in got if isinstance(a, Accepted)]
+        if len(accepted) != len(got):  # a refusal would make the path look cheaper
+            raise AssertionError(f"refused: {[a for a in got if isinstance(a, str)][:3]}")
         t1 = cpu_seconds()
         grouped = group_readings(accepted, models)
         t2 = cpu_seconds()

@@ -182,8 +182,9 @@ def _measure(ctx: BenchContext, dsn: str, bootstrap: str, scratch: Path
     producer.flush()
     watch = _Watch(dsn, bootstrap, f"{prefix}readings")
     watch.start()
-    proc, ready_s = _start_worker(config, scratch / "worker.log")
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        proc, ready_s = _start_worker(config, scratch / "worker.log")
         # real time until the worker has joined its group, then a few polls of warm-up
         start, warm, joined, log = time.time(), 0, 0, scratch / "worker.log"
         while b"assigned" not in log.read_bytes() or warm < joined + WARM_S / poll_s:
@@ -206,8 +207,9 @@ def _measure(ctx: BenchContext, dsn: str, bootstrap: str, scratch: Path
     finally:
         watch.stop.set()
         watch.join(10)
-        proc.terminate()
-        proc.wait(30)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
         producer.close(timeout=5)
     if watch.error is not None:
         raise watch.error
