@@ -87,13 +87,24 @@ class SiteAllocation:
     methods: dict[str, set[str]] = field(default_factory=dict)  # batch id -> split methods
 
 
+# batch quantities in these units are weighed as mass (kg), so kg and t batches compare
+_MASS_KG = {"kg": 1.0, "t": 1e3}
+
+
+def _quantity(b: Batch) -> float | None:
+    if not b.quantity:
+        return None
+    return b.quantity * _MASS_KG.get(b.unit or "", 1.0)
+
+
 def _batch_weight(b: Batch, rule: str) -> float:
     """Weight of a running batch under a split rule; 1 while the needed quantity is unknown."""
+    q = _quantity(b)
     if rule == "quantity":
-        return b.quantity if b.quantity else 1.0
+        return q if q else 1.0
     if rule == "mass":
-        if b.quantity and b.end_ns is not None and b.end_ns > b.start_ns:
-            return b.quantity / ((b.end_ns - b.start_ns) / 1e9)  # unit per second
+        if q and b.end_ns is not None and b.end_ns > b.start_ns:
+            return q / ((b.end_ns - b.start_ns) / 1e9)  # kg (or the batch's unit) per second
         return 1.0
     return 1.0  # equal, machine_hours
 

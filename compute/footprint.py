@@ -14,7 +14,7 @@ energy.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,13 +99,13 @@ def batch_footprints(
     series: Mapping[str, Intervals],
     carriers: Mapping[str, str],
     resolutions: Mapping[str, float],
-    location: Mapping[str, Factor],
-    market: Mapping[str, Factor],
+    factors_for: Callable[[Batch], tuple[Mapping[str, Factor], Mapping[str, Factor]]],
 ) -> dict[str, Footprint]:
     """One footprint per batch of ``alloc`` (batch id → footprint).
 
     ``carriers``/``resolutions``: per meter, its carrier and counter resolution
-    (canonical unit); ``location``/``market``: per carrier, the factor row used.
+    (canonical unit); ``factors_for(batch)``: per carrier, the location- and
+    market-based factor rows for the batch's own time (its start).
     A carrier without a factor row contributes energy but no kgCO2e, and the
     footprint is flagged ``no_factor:<carrier>``.
     """
@@ -118,7 +118,7 @@ def batch_footprints(
                     resolutions.get(meter, 0.0), digests)
     for bid, fp in fps.items():
         fp.methods = alloc.methods.get(bid, set())
-        _apply_factors(fp, location, market)
+        _apply_factors(fp, *factors_for(fp.batch))
         fp.inputs_sha256 = _finish_digest(digests[bid], fp)
     return fps
 

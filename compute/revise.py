@@ -99,9 +99,9 @@ def revise_late(cur: Cursor, state: SiteState, late: Mapping[str, Intervals]) ->
         batches = sorted(_batches(cur, site, ctx_lo, ctx_hi),
                          key=lambda x: (x.start_ns, x.batch_id))
         alloc = allocate_site(state.view, series, batches, _states(cur, site, ctx_lo, ctx_hi))
-        loc, mkt = state.factor_maps()
+        loc, _ = state.factors_for(b)
         fp = batch_footprints(alloc, series, state.view.carriers, state.resolutions(),
-                              loc, mkt)[b.batch_id]
+                              state.factors_for)[b.batch_id]
         if not changed(prev.energy, fp.energy):
             continue
         carbon_meter_flags(fp, loc, state.view.carbon_tolerance,

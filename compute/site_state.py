@@ -133,7 +133,7 @@ class SiteState:
         batches = sorted(self.batches.values(), key=lambda b: (b.start_ns, b.batch_id))
         alloc = allocate_site(self.view, self.series, batches, self.states)
         fps = batch_footprints(alloc, self.series, self.view.carriers,
-                               self.resolutions(), *self.factor_maps())
+                               self.resolutions(), self.factors_for)
         coverage = self._coverage()
         final_ids = {b for b, s in self.stored.items() if s.status != "provisional"}
         for b in batches:
@@ -163,10 +163,13 @@ class SiteState:
             out[m] = last - (half + step if half else 0)
         return out
 
-    def factor_maps(self) -> tuple[dict[str, Factor], dict[str, Factor]]:
+    def factors_for(self, b: Batch) -> tuple[dict[str, Factor], dict[str, Factor]]:
+        """The factor rows of the batch's own time (its start), per carrier."""
+        return self.factor_maps(b.start_ns)
+
+    def factor_maps(self, at: int) -> tuple[dict[str, Factor], dict[str, Factor]]:
         loc: dict[str, Factor] = {}
         mkt: dict[str, Factor] = {}
-        at = self.data_now_ns
         for carrier in set(self.view.carriers.values()):
             f = self.factors(carrier, "location", at)
             if f is not None:
@@ -180,7 +183,7 @@ class SiteState:
                    coverage: Mapping[str, int], final_ids: set[str]) -> None:
         if fp is None:
             fp = Footprint(b)
-        loc, _ = self.factor_maps()
+        loc, _ = self.factors_for(b)
         carbon_meter_flags(fp, loc, self.view.carbon_tolerance, self.view.co2_resolution_kg)
         prev = self.stored.get(b.batch_id)
         if prev is not None and prev.status != "provisional":

@@ -49,9 +49,10 @@ CREATE TABLE IF NOT EXISTS compute_state_change (
 -- its counter channel. `energy` >= 0 always (rollovers unwrapped; resets and
 -- spikes estimated and flagged); `estimated` is the part that is an estimate;
 -- `flags` are compute.kernels' bits (1 estimated, 2 gap, 4 rollover, 8 reset,
--- 16 spike, 32 non-monotonic). `power_start`/`power_end` (canonical rate unit)
--- are the power channel around the interval (the evidence for splitting a
--- boundary interval); `co2` (kg) the smart carbon meter's own counter increase.
+-- 16 spike, 32 non-monotonic, 64 catch-up of a frozen register).
+-- `power_start`/`power_end` (canonical rate unit) are the power channel around
+-- the interval (the evidence for splitting a boundary interval); `co2` (kg) the
+-- smart carbon meter's own counter increase.
 CREATE TABLE IF NOT EXISTS energy_interval (
     site        text             NOT NULL,
     meter       text             NOT NULL,
@@ -87,7 +88,9 @@ CREATE TABLE IF NOT EXISTS compute_site_state (
 
 -- Where each interval's energy went, once the interval is settled (every batch
 -- it overlaps is known to its end and quantity). batch_id '' is the unallocated
--- overhead. Invariant, checked by the tests:
+-- overhead; '(children)' on a parent is its sub-meters' energy (allocated through
+-- them); '(respread)' moves a frozen register's catch-up back over the frozen
+-- stretch. Invariant, checked by the tests:
 --   Σ allocation.energy per (site, meter, end_ts) = energy_interval.energy.
 CREATE TABLE IF NOT EXISTS allocation (
     site      text             NOT NULL,
