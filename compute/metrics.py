@@ -14,3 +14,6 @@ MICRO_BATCH = Histogram("plantprint_compute_micro_batch_seconds",
                         "Wall time of one micro-batch (decode, allocate, commit)")
 LAG = Gauge("plantprint_compute_data_lag_seconds",
             "Wall clock minus the newest reading time, per site", ["site"])
+UNPUBLISHED = Counter("plantprint_compute_footprints_unpublished_total",
+                      "Footprint updates stored but not published to the footprints topic",
+                      ["site"])

@@ -39,6 +39,7 @@ from edge.backoff import Backoff
 from ingest.config import ServerConfig
 from ingest.kafka_wait import wait_for_kafka
 from ingest.metrics import serve
+from ingest.schema_check import check_schema
 from ingest.screen import Limits
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,13 @@ class ComputeWorker:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> bool:
+        """The database's schema must be this release's (SchemaMismatch otherwise: one line
+        naming the database and what to do), then Kafka; False if stopped while waiting."""
+        db = self.cfg.database
+        if not check_schema(db.dsn.get_secret_value(), stop=self._stop,
+                            connect_timeout_s=db.connect_timeout_s,
+                            reconnect_max_s=db.reconnect_max_s):
+            return False
         if wait_for_kafka(self._connect, self.cfg.kafka, self._stop,
                           "compute waits for the broker; SIGTERM stops it"):
             logger.info("computing %s as group %s", self._topics, self.cfg.compute.group)
@@ -285,10 +293,18 @@ class ComputeWorker:
     def _publish(self, messages: list[tuple[str, bytes]]) -> None:
         if not messages or self._producer is None:
             return
+        # the database holds every revision; the topic is a live feed for consumers: a
+        # broker that refuses or times out is reported, never a reason to stop computing
         topic = self.cfg.kafka.topic("footprints")
-        for key, value in messages:
-            self._producer.send(topic, key=key.encode(), value=value)
-        self._producer.flush(timeout=10)
+        try:
+            for key, value in messages:
+                self._producer.send(topic, key=key.encode(), value=value)
+            self._producer.flush(timeout=10)
+        except KafkaError as exc:
+            for key, _value in messages:
+                metrics.UNPUBLISHED.labels(key.split("/", 1)[0]).inc()
+            logger.error("%d footprint update(s) not published to %s (%s); they are stored "
+                         "in batch_footprint", len(messages), topic, exc)
 
 
 def _messages(state: SiteState, out: Outcome) -> list[tuple[str, bytes]]:
