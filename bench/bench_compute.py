@@ -177,7 +177,7 @@ def run(ctx: BenchContext) -> list[Figure]:
                "GB/s", "numpy copy to a new array, read + write", copy_rate / 1e9,
                "≥ 0.5 × copy", "higher", nbytes / t_kernel >= 0.5 * copy_rate,
                notes=f"{nbytes / 1e6:.0f} MB of kernel inputs and outputs per run; "
-                     f"copy into a mapped array {copy_mapped / 1e9:.1f} GB/s; one kernel run "
-                     f"takes {faults:,} page faults, {sys_s * 1e3:.0f} ms in the kernel (the OS): "
-                     "fresh output arrays that malloc maps and unmaps every call"),
+                     f"copy into a mapped array {copy_mapped / 1e9:.1f} GB/s; one kernel run: "
+                     f"{faults:,} page faults, {sys_s * 1e3:.0f} ms of system time (output "
+                     "arrays on pages malloc has just mapped fault on first touch)"),
     ]
