@@ -6,8 +6,9 @@
   ``SiteState.apply_readings`` and ``evaluate`` over a site of 33 copies of the
   small line (231 meters, frames of ~500 readings, a poll every 10 s of plant
   time, batches starting and ending throughout). Micro-batches of 500 records,
-  what a worker that is behind polls (``max_poll_records``). Baseline:
-  ``orjson.loads`` of the same envelope bodies in the same run (goal ≥ 200k/core).
+  what a worker that is behind polls (``max_poll_records``); CPU time, the
+  best of two runs. Baseline: ``orjson.loads`` of the same envelope bodies in
+  the same run (goal ≥ 200k/core).
 * **Reading-to-footprint lag** p50 and p99 at 10k readings/s, against the local
   Kafka and PostgreSQL with ``python -m compute`` as a subprocess
   (:mod:`bench.compute_lag`). Goal: p99 ≤ 1 s + the poll interval.
@@ -115,10 +116,15 @@ def throughput(ctx: BenchContext, scratch: Path) -> Figure:
     if len(records) != 2 * polls:
         raise AssertionError("one readings and one batch frame per poll expected")
     _run_path(model, keys, records[: 2 * MICRO_BATCH_RECORDS])  # kernels from the cache
-    stages = _Stages()
-    t0 = cpu_seconds()
-    state = _run_path(model, keys, records, stages)
-    ours = cpu_seconds() - t0
+    # the best of a few runs, as best_seconds: on a shared machine noise only adds time
+    ours = float("inf")
+    for _ in range(1 if ctx.quick else 2):
+        run_stages = _Stages()
+        t0 = cpu_seconds()
+        run_state = _run_path(model, keys, records, run_stages)
+        took = cpu_seconds() - t0
+        if took < ours:
+            ours, stages, state = took, run_stages, run_state
     if not state.stored or state.data_now_ns < T0 + int((polls - 1) * poll_s * 1e9):
         raise AssertionError("the path computed no footprints, or stopped short")
     bodies = [r.value[HEADER_BYTES:] for r in records]
