@@ -68,6 +68,8 @@ class SiteInput:
     readings: dict[str, Readings] = field(default_factory=dict)
     states: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     unknown_meters: set[str] = field(default_factory=set)
+    # readings in a unit their meter's carrier has not: skipped, never a reason to stop
+    unit_errors: set[str] = field(default_factory=set)
     # gateway -> send time of its newest batch frame: every event before it has been sent
     batch_marks: dict[str, int] = field(default_factory=dict)
 
@@ -87,7 +89,7 @@ class _Route:
     code: int  # index into _Routes.targets, or _SKIP
     factor: float = 1.0  # counter: unit → the meter's unit; power: → canonical rate unit
     unknown: str | None = None  # a meter the site model does not know (reported per batch)
-    error: Exception | None = None  # a unit the carrier has not: raised when used
+    error: Exception | None = None  # a unit the carrier has not: its readings are skipped
 
 
 class _Routes:
@@ -234,8 +236,8 @@ def _collect(frame: Frame, keep: list[int] | None, routes: _Routes, site_in: Sit
     rid = routes.layout_ids(frame.gateway, meter, channel, unit)
     if routes.special[rid].any():  # rare: readings the site model does not route
         for r in (routes.routes[k] for k in rid.tolist()):
-            if r.error is not None:
-                raise r.error
+            if r.error is not None:  # skipped (code _SKIP); the worker says why, once
+                site_in.unit_errors.add(str(r.error))
             if r.unknown is not None:
                 site_in.unknown_meters.add(r.unknown)
     code, factor = routes.code[rid], routes.factor[rid]

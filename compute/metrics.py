@@ -17,3 +17,6 @@ LAG = Gauge("plantprint_compute_data_lag_seconds",
 UNPUBLISHED = Counter("plantprint_compute_footprints_unpublished_total",
                       "Footprint updates stored but not published to the footprints topic",
                       ["site"])
+UNROUTED = Counter("plantprint_compute_unrouted_total",
+                   "Frames with readings the site model cannot place (unknown meter or unit)",
+                   ["site"])

@@ -98,6 +98,7 @@ class ComputeWorker:
                                   cfg.database.connect_timeout_s)
         self.factors = FactorBook(self.store)
         self.sites: dict[str, SiteState] = {}
+        self._reported: set[tuple[str, str]] = set()
         self._db_backoff = Backoff(0.5, cfg.database.reconnect_max_s)
         self.conflicts = 0
         self.refused = 0
@@ -255,6 +256,7 @@ class ComputeWorker:
                 for ev in site_in.events:
                     state.apply_event(*ev)
                 state.note_batch_marks(site_in.batch_marks)
+                self._report_unrouted(site, site_in.unknown_meters, site_in.unit_errors)
                 state.apply_readings(site_in.readings, site_in.states)
             for state in self.sites.values():
                 for out in self._evaluate(cur, state):
@@ -267,6 +269,19 @@ class ComputeWorker:
                     "kafka_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
                     "updated_at = now()", (self.cfg.compute.group, topic, partition, offset))
         self._publish(published)
+
+    def _report_unrouted(self, site: str, meters: set[str], unit_errors: set[str]) -> None:
+        """Readings the site model cannot place: said once each, counted every time."""
+        for what in sorted(meters) + sorted(unit_errors):
+            metrics.UNROUTED.labels(site).inc()
+            if (site, what) not in self._reported:
+                self._reported.add((site, what))
+                if what in meters:
+                    logger.warning("site %s: readings of meter %s, which its site model does "
+                                   "not have, are not used (add it to the site model)", site, what)
+                else:
+                    logger.warning("%s: those readings are not used (fix the site model's unit "
+                                   "or the edge profile)", what)
 
     def _evaluate(self, cur: Any, state: SiteState) -> list[Outcome]:
         """The site's outcome, written; then revisions from late data, written too."""
