@@ -51,10 +51,11 @@ def test_footprints_match_the_exact_energy_and_balance_per_interval(
     frames, _ = stream.frames()
     produce(services.kafka_bootstrap, topic_prefix, stream.site, frames)
     config = server_toml(tmp_path / "server.toml", dsn, services.kafka_bootstrap, topic_prefix,
-                         "g-exact", {"demo-site": SMALL}, {stream.gateway: stream.public_key})
+                         f"{topic_prefix}g-exact", {"demo-site": SMALL},
+                         {stream.gateway: stream.public_key})
     worker = start_worker(config, tmp_path / "worker.log")
     try:
-        wait_consumed(dsn, "g-exact", len(frames), [worker])
+        wait_consumed(dsn, f"{topic_prefix}g-exact", len(frames), [worker])
     finally:
         stop(worker)
     got = _finals(dsn)
@@ -92,14 +93,15 @@ def test_readings_far_ahead_of_the_batch_events_wait_for_them(
     readings = [f for f in frames if f[0] == "readings"]
     batches = [f for f in frames if f[0] == "batches"]
     config = server_toml(tmp_path / "server.toml", dsn, services.kafka_bootstrap, topic_prefix,
-                         "g-skew", {"demo-site": SMALL}, {stream.gateway: stream.public_key})
+                         f"{topic_prefix}g-skew", {"demo-site": SMALL},
+                         {stream.gateway: stream.public_key})
     produce(services.kafka_bootstrap, topic_prefix, stream.site, readings)
     worker = start_worker(config, tmp_path / "worker.log")
     try:
-        wait_consumed(dsn, "g-skew", len(readings), [worker])
+        wait_consumed(dsn, f"{topic_prefix}g-skew", len(readings), [worker])
         assert _finals(dsn) == {}  # no batch known yet: nothing can be allocated
         produce(services.kafka_bootstrap, topic_prefix, stream.site, batches)
-        wait_consumed(dsn, "g-skew", len(frames), [worker])
+        wait_consumed(dsn, f"{topic_prefix}g-skew", len(frames), [worker])
     finally:
         stop(worker)
     got, truth = _finals(dsn), stream.truth()
@@ -118,24 +120,30 @@ def test_sigkilled_three_times_gives_the_uninterrupted_result_row_for_row(
     for dsn in (calm, killed):
         migrate(dsn)
     config = server_toml(tmp_path / "calm.toml", calm, services.kafka_bootstrap, topic_prefix,
-                         "g-calm", {"demo-site": SMALL}, keys)
+                         f"{topic_prefix}g-calm", {"demo-site": SMALL}, keys)
     worker = start_worker(config, tmp_path / "calm.log")
     try:
-        wait_consumed(calm, "g-calm", len(frames), [worker])
+        wait_consumed(calm, f"{topic_prefix}g-calm", len(frames), [worker])
     finally:
         stop(worker)
 
     config = server_toml(tmp_path / "killed.toml", killed, services.kafka_bootstrap,
-                         topic_prefix, "g-killed", {"demo-site": SMALL}, keys)
+                         topic_prefix, f"{topic_prefix}g-killed", {"demo-site": SMALL}, keys)
     rng = random.Random(7)
-    for _ in range(3):
-        worker = start_worker(config, tmp_path / "killed.log")
-        time.sleep(rng.uniform(2.0, 6.0))  # startup, group join, mid-stream
+    log = tmp_path / "killed.log"
+    for n in range(1, 4):
+        worker = start_worker(config, log)
+        # killed mid-stream: once it holds its partitions, at a random moment after
+        deadline = time.monotonic() + 60
+        while log.read_text().count("assigned") < n and time.monotonic() < deadline:
+            assert worker.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.2, 2.0))
         worker.kill()
         worker.wait()
     worker = start_worker(config, tmp_path / "killed.log")
     try:
-        wait_consumed(killed, "g-killed", len(frames), [worker])
+        wait_consumed(killed, f"{topic_prefix}g-killed", len(frames), [worker])
     finally:
         stop(worker)
     # provisional rows depend on where micro-batches fall; final ones must not
@@ -154,18 +162,18 @@ def test_two_workers_share_two_sites_and_one_takes_over(
     sites = {"demo-site": SMALL, "site-b": site_copy(tmp_path, "site-b")}
     keys = {one.gateway: one.public_key, two.gateway: two.public_key}
     config = server_toml(tmp_path / "server.toml", dsn, services.kafka_bootstrap, topic_prefix,
-                         "g-pair", sites, keys)
+                         f"{topic_prefix}g-pair", sites, keys)
     first = start_worker(config, tmp_path / "w1.log")
     second = start_worker(config, tmp_path / "w2.log")
     try:
         half = len(frames_a) // 2
         produce(services.kafka_bootstrap, topic_prefix, one.site, frames_a[:half])
         produce(services.kafka_bootstrap, topic_prefix, two.site, frames_b[:half])
-        wait_consumed(dsn, "g-pair", 2 * half, [first, second])
+        wait_consumed(dsn, f"{topic_prefix}g-pair", 2 * half, [first, second])
         stop(first)  # the other worker takes its partitions over
         produce(services.kafka_bootstrap, topic_prefix, one.site, frames_a[half:])
         produce(services.kafka_bootstrap, topic_prefix, two.site, frames_b[half:])
-        wait_consumed(dsn, "g-pair", len(frames_a) + len(frames_b), [second])
+        wait_consumed(dsn, f"{topic_prefix}g-pair", len(frames_a) + len(frames_b), [second])
     finally:
         stop(first)
         stop(second)
@@ -186,15 +194,16 @@ def test_late_meter_data_revises_a_final_footprint_and_keeps_the_first(
     on_time, late = stream.frames(hold_back={"M-DRIVE"})
     produce(services.kafka_bootstrap, topic_prefix, stream.site, on_time)
     config = server_toml(tmp_path / "server.toml", dsn, services.kafka_bootstrap, topic_prefix,
-                         "g-late", {"demo-site": SMALL}, {stream.gateway: stream.public_key})
+                         f"{topic_prefix}g-late", {"demo-site": SMALL},
+                         {stream.gateway: stream.public_key})
     worker = start_worker(config, tmp_path / "worker.log")
     try:
-        wait_consumed(dsn, "g-late", len(on_time), [worker])
+        wait_consumed(dsn, f"{topic_prefix}g-late", len(on_time), [worker])
         before = _finals(dsn)
         assert before["B-001"]["status"] == "final"
         assert "missing:M-DRIVE" in before["B-001"]["flags"]
         produce(services.kafka_bootstrap, topic_prefix, stream.site, late)
-        wait_consumed(dsn, "g-late", len(on_time) + len(late), [worker])
+        wait_consumed(dsn, f"{topic_prefix}g-late", len(on_time) + len(late), [worker])
     finally:
         stop(worker)
     after = _finals(dsn)
@@ -225,11 +234,11 @@ def test_a_carbon_meter_with_another_embedded_factor_is_flagged(
         frames, _ = stream.frames()
         produce(services.kafka_bootstrap, prefix, stream.site, frames)
         config = server_toml(tmp_path / f"{factor}.toml", dsn, services.kafka_bootstrap, prefix,
-                             "g-carbon", {"demo-site": SMALL},
+                             f"{topic_prefix}g-carbon", {"demo-site": SMALL},
                              {stream.gateway: stream.public_key})
         worker = start_worker(config, tmp_path / "worker.log")
         try:
-            wait_consumed(dsn, "g-carbon", len(frames), [worker])
+            wait_consumed(dsn, f"{topic_prefix}g-carbon", len(frames), [worker])
         finally:
             stop(worker)
         flagged[factor] = {b: f["flags"] for b, f in _finals(dsn).items()}
