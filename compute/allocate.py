@@ -209,6 +209,11 @@ def _per_interval(pi: I64, pb: I64, pe: F64) -> tuple[I64, I64, F64]:
                                                         minlength=keys.shape[1]))
 
 
+# seconds a reading's time stamp may sit from its registers' refresh: meters refresh
+# their energy registers about once a second, and the gateway stamps at the request
+READING_TIMING_S = 2.0
+
+
 def _pair_uncertainty(iv: Intervals, pi: I64, pe: F64, straddle: np.ndarray,
                       by_power: np.ndarray, s_energy: F64, lin_energy: F64,
                       s_parent: I64) -> F64:
@@ -218,7 +223,9 @@ def _pair_uncertainty(iv: Intervals, pi: I64, pe: F64, straddle: np.ndarray,
     energy that could sit on the other side does: half of what the power
     evidence moved against a linear split, plus a tenth of the smaller side for
     the timing of the knot (register refresh, clock), and for a linear split or
-    a gap half of the smaller side.
+    a gap half of the smaller side; and, from the power channel, the change of
+    rate across the knot over ``READING_TIMING_S`` (how far a reading's time
+    stamp may sit from the instant its registers were refreshed).
     """
     if len(pi) == 0:
         return f64()
@@ -226,7 +233,8 @@ def _pair_uncertainty(iv: Intervals, pi: I64, pe: F64, straddle: np.ndarray,
     side = np.minimum(s_energy[first_seg], iv.energy - s_energy[first_seg])
     moved = np.abs(s_energy[first_seg] - lin_energy[first_seg])
     gap = (iv.flags & kernels.GAP) != 0
-    per_iv = np.where(by_power & ~gap, 0.5 * moved + 0.1 * side, 0.5 * side)
+    step = np.abs(np.nan_to_num(iv.p_end) - np.nan_to_num(iv.p_start)) * READING_TIMING_S / 3600
+    per_iv = np.where(by_power & ~gap, 0.5 * moved + 0.1 * side + step, 0.5 * side)
     per_iv = np.where(straddle, per_iv, 0.0)
     share = np.divide(pe, iv.energy[pi], out=np.zeros(len(pi)), where=iv.energy[pi] > 0)
     return f64(per_iv[pi] * np.minimum(1.0, 2 * share))
