@@ -5,9 +5,11 @@ baseline and rate, the last power value, the carbon meter's CO2 counter) and
 turns each micro-batch of readings into new :class:`compute.model.Intervals`
 with the unwrap kernel. Cutting the stream anywhere gives the same intervals
 (the carry holds everything the next cut needs; tested). Readings of quality
-``bad`` are not counter values and are skipped; readings not newer than the
-meter's last one (a late or repeated reading) are returned for the revision
-path rather than used here.
+``bad`` are not counter values and are skipped (by intake); a reading not
+newer than the meter's last one (repeated, or out of order within the meter)
+is skipped and counted in the carry (``CounterState.skipped``). Readings that
+are in order but late — a meter back after its batches were final — become
+*late* intervals, which :mod:`compute.revise` takes up.
 """
 
 from __future__ import annotations

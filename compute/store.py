@@ -22,6 +22,7 @@ from compute import kernels
 from compute.footprint import Footprint
 from compute.model import Batch, Intervals, StateChanges, f64, i64
 from compute.series import MeterCarry
+from compute.site import CANONICAL_UNIT
 from compute.site_state import Outcome, SiteState, Stored
 from ingest.db import connect
 
@@ -241,14 +242,11 @@ class ComputeStore:
                   orjson.dumps(detail).decode(), fp.inputs_sha256)
         cur.execute(_PROVISIONAL_UPSERT if status == "provisional" else _FOOTPRINT, params)
 
-    def commit(self, states: Sequence[tuple[SiteState, Outcome]], frames: Sequence[FrameKey],
-               offsets: dict[TopicPartition, int]) -> None:
-        """Everything of one micro-batch, in one transaction (frames already filtered)."""
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            for state, out in states:
-                self.write(cur, state, out)
-            for (topic, partition), offset in sorted(offsets.items()):
-                cur.execute(_OFFSETS, (self.group, topic, partition, offset))
+    def save_offsets(self, cur: psycopg.Cursor[tuple[object, ...]],
+                     offsets: dict[TopicPartition, int]) -> None:
+        """The partitions' next offsets, in the transaction that stored their results."""
+        for (topic, partition), offset in sorted(offsets.items()):
+            cur.execute(_OFFSETS, (self.group, topic, partition, offset))
 
     # ------------------------------------------------------------ restore
     def restore(self, state: SiteState) -> None:
@@ -308,5 +306,4 @@ class ComputeStore:
 
 
 def _canonical_unit(carrier: str) -> str:
-    from compute.site import CANONICAL_UNIT
     return CANONICAL_UNIT.get(carrier, "")

@@ -262,12 +262,7 @@ class ComputeWorker:
                 for out in self._evaluate(cur, state):
                     published.extend(_messages(state, out))
                     _count(state, out)
-            for (topic, partition), offset in sorted(offsets.items()):
-                cur.execute(
-                    "INSERT INTO consumer_offset (consumer_group, topic, kafka_partition, "
-                    "next_offset) VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, "
-                    "kafka_partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
-                    "updated_at = now()", (self.cfg.compute.group, topic, partition, offset))
+            self.store.save_offsets(cur, offsets)
         self._publish(published)
 
     def _report_unrouted(self, site: str, meters: set[str], unit_errors: set[str]) -> None:
