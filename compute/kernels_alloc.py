@@ -4,8 +4,7 @@ Re-exported by ``compute/kernels.py`` (import them from there). Same rules:
 jitted ``_..._impl`` over contiguous int64/float64 arrays (ns, energy in the
 meter's unit), a typed wrapper that checks the input, no I/O.
 
-Allocation follows ARCHITECTURE.md "Allocation" and the conventions the
-simulator's ground truth assumes (docs/simulators.md): inside an interval
+Allocation follows ARCHITECTURE.md "Allocation" (ISO 14044 order): inside an interval
 energy is spread uniformly in time (``split_at_knots`` first makes the spread
 boundary-aware); each instant's energy goes to the batches running then, pro
 rata by weight; an instant with none is idle: unallocated, or given to the next
