@@ -25,10 +25,10 @@ from compute.series import MeterCarry
 from compute.site import CANONICAL_UNIT
 from compute.site_state import Outcome, SiteState, Stored
 from ingest.db import connect
+from ingest.store import TopicPartition, read_offsets, save_offsets
 
 logger = logging.getLogger(__name__)
 
-TopicPartition = tuple[str, int]
 _TS = "'epoch'::timestamptz + (%s / 1000) * interval '1 microsecond'"
 
 
@@ -107,11 +107,6 @@ _SITE_STATE = """INSERT INTO compute_site_state (site, settled_until, data_now, 
 VALUES (%s, %s, %s, %s)
 ON CONFLICT (site) DO UPDATE SET settled_until = EXCLUDED.settled_until,
     data_now = EXCLUDED.data_now, batch_marks = EXCLUDED.batch_marks"""
-_OFFSETS = """INSERT INTO consumer_offset (consumer_group, topic, kafka_partition, next_offset)
-VALUES (%s, %s, %s, %s)
-ON CONFLICT (consumer_group, topic, kafka_partition)
-DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"""
-
 
 def carry_json(c: MeterCarry) -> bytes:
     return orjson.dumps({"energy": list(c.energy), "co2": list(c.co2),
@@ -156,13 +151,8 @@ class ComputeStore:
 
     # ------------------------------------------------------------ offsets and ledger
     def load_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        wanted = set(tps)
         with self.conn.transaction():
-            rows = self.conn.execute(
-                "SELECT topic, kafka_partition, next_offset FROM consumer_offset "
-                "WHERE consumer_group = %s", (self.group,)).fetchall()
-        return {(str(t), int(p)): int(o) for t, p, o in rows  # type: ignore[call-overload]
-                if (t, p) in wanted}
+            return read_offsets(self.conn, self.group, tps)
 
     def new_frames(self, cur: psycopg.Cursor[tuple[object, ...]],
                    frames: Sequence[FrameKey]) -> tuple[set[int], list[int]]:
@@ -245,8 +235,7 @@ class ComputeStore:
     def save_offsets(self, cur: psycopg.Cursor[tuple[object, ...]],
                      offsets: dict[TopicPartition, int]) -> None:
         """The partitions' next offsets, in the transaction that stored their results."""
-        for (topic, partition), offset in sorted(offsets.items()):
-            cur.execute(_OFFSETS, (self.group, topic, partition, offset))
+        save_offsets(cur, self.group, offsets)
 
     # ------------------------------------------------------------ restore
     def restore(self, state: SiteState) -> None:

@@ -273,17 +273,11 @@ class Store:
 
     def load_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Stored next offsets of these partitions (absent: never landed anything)."""
-        wanted = list(tps)
         conn = self._connection()
         with conn.transaction():
-            rows = conn.execute(
-                "SELECT topic, kafka_partition, next_offset FROM consumer_offset "
-                "WHERE consumer_group = %s AND topic = ANY(%s)",
-                (self._group, sorted({t for t, _ in wanted})),
-            ).fetchall()
+            stored = read_offsets(conn, self._group, tps)
         conn.commit()
-        stored = {(t, p): o for t, p, o in rows}
-        return {tp: stored[tp] for tp in wanted if tp in stored}
+        return stored
 
     def land(self, accepted: Sequence[Accepted], offsets: dict[TopicPartition, int],
              on_conflicts: Callable[[list[Conflict]], None] | None = None) -> LandResult:
@@ -322,10 +316,7 @@ class Store:
             keys = [[a.message.gateway for a in new], [a.message.stream for a in new],
                     [a.message.seq for a in new]]
             result.seq_state = conn.execute(_SEQ, keys).fetchall()
-        if offsets:
-            tps = sorted(offsets)
-            conn.execute(_OFFSETS, (self._group, [t for t, _ in tps], [p for _, p in tps],
-                                    [offsets[tp] for tp in tps]))
+        save_offsets(conn, self._group, offsets)
         return result
 
     def _new_frames(self, conn: psycopg.Connection, accepted: Sequence[Accepted]
@@ -391,3 +382,26 @@ class Store:
         with conn.cursor().copy("COPY stage_reading FROM STDIN") as copy:
             copy.write(text)
         return conn.execute(_FROM_STAGE).rowcount
+
+
+def read_offsets(conn: psycopg.Connection, group: str, tps: Iterable[TopicPartition]
+                 ) -> dict[TopicPartition, int]:
+    """The next offsets ``group`` stored for these partitions (absent: none stored yet).
+    Every consumer that keeps its offsets with its results (ingest, compute) reads here."""
+    wanted = list(tps)
+    rows = conn.execute(
+        "SELECT topic, kafka_partition, next_offset FROM consumer_offset "
+        "WHERE consumer_group = %s AND topic = ANY(%s)",
+        (group, sorted({t for t, _ in wanted})),
+    ).fetchall()
+    stored = {(t, p): o for t, p, o in rows}
+    return {tp: stored[tp] for tp in wanted if tp in stored}
+
+
+def save_offsets(conn: psycopg.Connection | psycopg.Cursor, group: str,
+                 offsets: dict[TopicPartition, int]) -> None:
+    """Store ``group``'s next offsets inside the caller's transaction (never moving back)."""
+    if offsets:
+        tps = sorted(offsets)
+        conn.execute(_OFFSETS, (group, [t for t, _ in tps], [p for _, p in tps],
+                                [offsets[tp] for tp in tps]))
