@@ -25,7 +25,7 @@ from edge.wire import BatchEvent, BatchFrame, Frame, Reading, encode, generate_p
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN_S = 6000.0  # the small scenario's plan: three batches in 100 min, then it repeats
-# batch, asset, product, start s, end s, quantity t (tests/compute/plant_stream.py)
+# batch, asset, product, start s, end s, quantity t (the worker tests stream it too)
 PLAN = (("B-001", "L1-press", "brick-A", 600, 2400, 12.0),
         ("B-002", "L1-oven", "brick-A", 1200, 4200, 12.0),
         ("B-003", "L1-oven", "brick-B", 3000, 5400, 8.0))

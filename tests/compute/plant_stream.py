@@ -21,6 +21,7 @@ import psycopg
 import tomli_w
 from kafka import KafkaProducer
 
+from bench.compute_plant import ASSET_METERS, PLAN, UNITS
 from edge.wire import BatchEvent, BatchFrame, Frame, Reading, encode, generate_private_key
 from edge.wire import public_key_b64 as pub_b64
 
@@ -28,17 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_736_143_200 * 10**9  # 2025-01-06T06:00:00Z
 S = 10**9
 
-# batch id, asset, product, start s, end s, quantity t (the small scenario's plan)
-BATCHES = [("B-001", "L1-press", "brick-A", 600, 2400, 12.0),
-           ("B-002", "L1-oven", "brick-A", 1200, 4200, 12.0),
-           ("B-003", "L1-oven", "brick-B", 3000, 5400, 8.0)]
-# meter -> (asset, idle rate, production rate) in the carrier's rate unit per hour
-ASSET_METERS = {"M-PRESS": ("L1-press", 6.0, 55.0), "M-DRIVE": ("L1-press", 1.0, 18.0),
-                "M-OVEN": ("L1-oven", 20.0, 140.0), "M-GAS": ("L1-oven", 3.0, 35.0),
-                "M-STEAM": ("L1-oven", 0.02, 0.3)}
-UNITS = {"M-PRESS": ("kWh", "kW"), "M-DRIVE": ("kWh", "kW"), "M-OVEN": ("kWh", "kW"),
-         "M-GAS": ("Nm3", "Nm3/h"), "M-STEAM": ("t", "t/h"), "M-AIR": ("kWh", "kW"),
-         "M-INC": ("kWh", "kW")}
+# the small scenario's plan and meters, as the compute bench streams them
+BATCHES = list(PLAN)
 UNMETERED_KW = 20.0
 AIR_BASE_KW, AIR_PER_RUNNING_KW = 4.0, 9.0
 
