@@ -166,7 +166,9 @@ def run(ctx: BenchContext) -> list[Figure]:
                       "group": f"{prefix}bench", "session_timeout_s": 6.0,
                       "max_poll_records": 50},
             "database": {"dsn": dsn}, "metrics": {"port": 0},
-            "gateways": {g: {"public_key": k} for g, k in keys.items()},
+            # each bench gateway reports its own meters at site{g % 4} (the ingest binding)
+            "gateways": {g: {"public_key": k, "site": f"site{int(g.removeprefix('bench-gw')) % 4}",
+                             "meters": [f"{g}-m*"], "assets": []} for g, k in keys.items()},
         })
         wall, cpu, first = _ingest(cfg, len(frames))
         timed = rows - first * READINGS_PER_FRAME

@@ -75,7 +75,8 @@ def _server_toml(path: Path, dsn: str, bootstrap: str, prefix: str, site: Path,
         "kafka": {"bootstrap_servers": [bootstrap], "topic_prefix": prefix,
                   "session_timeout_s": 6.0},
         "database": {"dsn": dsn}, "metrics": {"port": 0},
-        "gateways": {stream.gateway(g): {"public_key": public_key_b64(k)}
+        "gateways": {stream.gateway(g): {"public_key": public_key_b64(k), "site": stream.site,
+                                         "meters": ["*"], "assets": ["*"]}
                      for g, k in enumerate(stream.keys)},
         "compute": {"group": f"{prefix}compute", "metrics_port": metrics_port,
                     "sites": {stream.site: str(site)}},

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -81,6 +82,16 @@ class MeterAllocation:
 
 
 @dataclass
+class AllocCache:
+    """What one evaluation of a site keeps for its next (the worker's SiteState): per
+    parent meter the residual smoothing's running sums, so that a micro-batch sums only
+    what its new intervals add (``kernels.smooth_rate_resume``, bit for bit a fresh
+    ``smooth_rate``)."""
+
+    smooth: dict[str, kernels.SmoothCarry] = field(default_factory=dict)
+
+
+@dataclass
 class SiteAllocation:
     batches: list[Batch]
     meters: dict[str, MeterAllocation] = field(default_factory=dict)
@@ -120,31 +131,11 @@ def _boundaries(batches: Sequence[Batch], idx: I64) -> I64:
     return np.unique(i64(times))
 
 
-def _knots(iv: Intervals, bounds: I64, states: Sequence[StateChanges]) -> tuple[I64, I64]:
-    """Per interval the knot (a boundary inside it, refined by a state change) or -1."""
-    knot = np.full(len(iv), -1, dtype=np.int64)
-    if len(bounds) == 0 or len(iv) == 0:
-        return knot, np.zeros(len(iv), dtype=np.int64)
-    first = np.searchsorted(bounds, iv.start, side="right")
-    inside = (first < len(bounds))
-    inside[inside] = bounds[first[inside]] < iv.end[inside]
-    knot[inside] = bounds[first[inside]]
-    by_state = np.zeros(len(iv), dtype=np.int64)
-    changes = np.unique(np.concatenate([s.ts for s in states])) if states else i64()
-    if len(changes):
-        for i in np.flatnonzero(inside):
-            lo = np.searchsorted(changes, iv.start[i], side="right")
-            hi = np.searchsorted(changes, iv.end[i], side="left")
-            if hi > lo:  # state change(s) strictly inside: the one nearest the MES boundary
-                cand = changes[lo:hi]
-                knot[i] = cand[np.argmin(np.abs(cand - knot[i]))]
-                by_state[i] = 1
-    return knot, by_state
-
-
 def _spread_weights(iv: Intervals, knot: I64) -> tuple[F64, F64, np.ndarray]:
+    # a frozen register's power channel froze with it: in a catch-up's stretch the
+    # power values are no evidence, and the energy is spread evenly in time anyway
     have_power = np.isfinite(iv.p_start) & np.isfinite(iv.p_end) & (
-        (iv.p_start > 0) | (iv.p_end > 0))
+        (iv.p_start > 0) | (iv.p_end > 0)) & ((iv.flags & kernels.CATCH_UP) == 0)
     w_before = np.where(have_power, np.nan_to_num(iv.p_start), 1.0)
     w_after = np.where(have_power, np.nan_to_num(iv.p_end), 1.0)
     return f64(w_before), f64(w_after), have_power & (knot >= 0)
@@ -159,12 +150,21 @@ class Scope:
     starts: I64
 
 
-def _scope(batches: Sequence[Batch], assets: tuple[str, ...], rule: str) -> Scope:
-    idx = _scope_batches(batches, assets)
-    b_start = i64([batches[k].start_ns for k in idx])
-    b_end = i64([batches[k].end_or_open for k in idx])
-    b_w = f64([_batch_weight(batches[k], rule) for k in idx])
-    return Scope(idx, kernels.weight_segments(b_start, b_end, b_w), b_start)
+def _scope(batches: Sequence[Batch], assets: tuple[str, ...], rule: str,
+           idx: I64 | None = None) -> Scope:
+    idx = _scope_batches(batches, assets) if idx is None else idx
+    mine = [batches[k] for k in idx.tolist()]
+    timeline = _timeline(tuple(b.start_ns for b in mine), tuple(b.end_or_open for b in mine),
+                         tuple(_batch_weight(b, rule) for b in mine))
+    return Scope(idx, timeline, i64([b.start_ns for b in mine]))
+
+
+@lru_cache(maxsize=4096)
+def _timeline(starts: tuple[int, ...], ends: tuple[int, ...], weights: tuple[float, ...]
+              ) -> tuple[I64, I64, I64, I64, F64]:
+    """A scope's weight_segments, remembered: most scopes' batches stay the same between
+    micro-batches (the arrays are only read)."""
+    return kernels.weight_segments(i64(starts), i64(ends), f64(weights))
 
 
 def _allocate(iv_start: I64, iv_end: I64, energy: F64, scope: Scope,
@@ -176,37 +176,101 @@ def _allocate(iv_start: I64, iv_end: I64, energy: F64, scope: Scope,
     return pi, scope.idx[pb] if len(pb) else i64(), pe, unalloc
 
 
-def allocate_meter(meter: str, spec: MeterSpec, iv: Intervals, scope: Scope,
-                   rule: str, idle_next: bool, batches: Sequence[Batch],
-                   states: Sequence[StateChanges], methods: dict[str, set[str]]
-                   ) -> MeterAllocation:
-    """An asset or shared meter: boundary-aware spreading, then the overlap sweep."""
-    knot, by_state = _knots(iv, _boundaries(batches, scope.idx), states)
+def _concat(parts: Sequence[I64]) -> tuple[I64, I64]:
+    """Arrays one after the other, and the offset of each (one more than arrays)."""
+    ptr = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=ptr[1:])
+    return (i64(np.concatenate(parts)) if parts else i64()), ptr
+
+
+@dataclass
+class _Scopes:
+    """The distinct (assets, rule) scopes of one evaluation, as kernel input."""
+
+    ordered: Sequence[Batch]
+    states: Mapping[str, StateChanges]
+    ids: dict[tuple[tuple[str, ...], str], int] = field(default_factory=dict)
+    scopes: list[Scope] = field(default_factory=list)
+    bounds: list[I64] = field(default_factory=list)
+    changes: list[I64] = field(default_factory=list)
+    by_asset: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for k, b in enumerate(self.ordered):
+            self.by_asset.setdefault(b.asset, []).append(k)
+
+    def of(self, assets: tuple[str, ...], rule: str) -> int:
+        s = self.ids.get((assets, rule))
+        if s is None:
+            s = self.ids[(assets, rule)] = len(self.scopes)
+            idx = i64(sorted(k for a in set(assets) for k in self.by_asset.get(a, ())))
+            scope = _scope(self.ordered, assets, rule, idx)
+            self.scopes.append(scope)
+            self.bounds.append(_boundaries(self.ordered, scope.idx))
+            ts = [self.states[a].ts for a in assets if a in self.states]
+            self.changes.append(np.unique(np.concatenate(ts)) if ts else i64())
+        return s
+
+    def timelines(self) -> dict[str, I64 | F64]:
+        """The scopes' weight_segments outputs and batch starts, concatenated with their
+        offsets: kernels.allocate_overlap_many's keywords."""
+        segs = [sc.seg for sc in self.scopes]
+        seg_start, seg_ptr = _concat([s[0] for s in segs])
+        seg_end, _ = _concat([s[1] for s in segs])
+        ptr, ptr_ptr = _concat([s[2] for s in segs])
+        member, member_ptr = _concat([s[3] for s in segs])
+        b_start, b_ptr = _concat([sc.starts for sc in self.scopes])
+        weight = f64(np.concatenate([s[4] for s in segs])) if segs else f64()
+        return {"seg_ptr": seg_ptr, "ptr_ptr": ptr_ptr, "member_ptr": member_ptr,
+                "b_ptr": b_ptr, "seg_start": seg_start, "seg_end": seg_end, "ptr": ptr,
+                "member": member, "weight": weight, "b_start": b_start}
+
+
+def allocate_meters(metered: Sequence[tuple[str, Intervals, tuple[str, ...], str]],
+                    ordered: Sequence[Batch], states: Mapping[str, StateChanges],
+                    idle_next: bool, methods: dict[str, set[str]]) -> dict[str, MeterAllocation]:
+    """Asset and shared meters, (meter, intervals, scope assets, rule) each, all at once:
+    boundary-aware spreading, then the overlap sweep (``compute.kernels_many``; per meter
+    exactly what the per-meter kernels give)."""
+    if not metered:
+        return {}
+    scopes = _Scopes(ordered, states)
+    r_scope = i64([scopes.of(assets, rule) for _m, _iv, assets, rule in metered])
+    iv = Intervals.concat([m[1] for m in metered])
+    lengths = i64([len(m[1]) for m in metered])
+    off = np.zeros(len(metered) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    bounds, b_ptr = _concat(scopes.bounds)
+    changes, c_ptr = _concat(scopes.changes)
+    knot, by_state = kernels.knots_many(iv.start, iv.end, np.repeat(r_scope, lengths), bounds,
+                                        b_ptr, changes, c_ptr)
     w_before, w_after, by_power = _spread_weights(iv, knot)
     s_start, s_end, s_energy, s_parent = kernels.split_at_knots(
         iv.start, iv.end, iv.energy, knot, w_before, w_after)
-    pi_seg, pb, pe, unalloc_seg = _allocate(s_start, s_end, s_energy, scope, idle_next)
-    pi, pb, pe = _per_interval(s_parent[pi_seg] if len(pi_seg) else i64(), pb, pe)
-    unalloc = np.bincount(s_parent, weights=unalloc_seg, minlength=len(iv)) if len(iv) else f64()
+    s_off = np.searchsorted(s_parent, off)
+    pi_seg, pb, pe, unalloc_seg = kernels.allocate_overlap_many(
+        s_start, s_end, s_energy, s_off[:-1], s_off[1:], r_scope,
+        idle_next=1 if idle_next else 0, **scopes.timelines())  # type: ignore[arg-type]
+    idx, _ = _concat([sc.idx for sc in scopes.scopes])  # a scope's batches' site indices
+    pi, pb, pe = kernels.merge_pairs(s_parent[pi_seg], idx[pb], pe)
+    unalloc = f64(np.bincount(s_parent, weights=unalloc_seg, minlength=len(iv)))
     straddle = knot >= 0
     # linear split of a boundary interval: what the other method moved, as a bound
-    _, _, lin_energy, _ = kernels.split_at_knots(
-        iv.start, iv.end, iv.energy, knot, np.ones(len(iv)), np.ones(len(iv)))
-    pair_unc = _pair_uncertainty(iv, pi, pe, straddle, by_power, s_energy, lin_energy, s_parent)
+    ones = np.ones(len(iv))
+    _, _, lin_energy, _ = kernels.split_at_knots(iv.start, iv.end, iv.energy, knot, ones, ones)
+    pair_unc = _pair_uncertainty(iv, pi, pe, straddle, by_power, s_energy, lin_energy, s_parent,
+                                 off, _edge_timing(iv, off, r_scope, scopes.bounds))
     frac_est = np.divide(iv.estimated, iv.energy, out=np.zeros(len(iv)), where=iv.energy > 0)
-    _record_methods(methods, batches, pi, pb, straddle, by_power, by_state)
-    return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), iv.energy, pair_unc,
-                           pe * frac_est[pi] if len(pi) else f64(), (s_start, s_end, s_energy))
-
-
-def _per_interval(pi: I64, pb: I64, pe: F64) -> tuple[I64, I64, F64]:
-    """Pairs of segments summed per (interval, batch): a split interval's two parts may
-    go to the same batch."""
-    if len(pi) == 0:
-        return pi, pb, pe
-    keys, inverse = np.unique(np.stack([pi, pb]), axis=1, return_inverse=True)
-    return i64(keys[0]), i64(keys[1]), f64(np.bincount(inverse.ravel(), weights=pe,
-                                                        minlength=keys.shape[1]))
+    estimated = pe * frac_est[pi]
+    _record_methods(methods, ordered, pi, pb, straddle, by_power, by_state)
+    p_off = np.searchsorted(pi, off)
+    out = {}
+    for r, (meter, m_iv, _assets, rule) in enumerate(metered):
+        a, b, lo, hi, sa, sb = p_off[r], p_off[r + 1], off[r], off[r + 1], s_off[r], s_off[r + 1]
+        out[meter] = MeterAllocation(meter, rule, pi[a:b] - lo, pb[a:b], pe[a:b], unalloc[lo:hi],
+                                     m_iv.energy, pair_unc[a:b], estimated[a:b],
+                                     (s_start[sa:sb], s_end[sa:sb], s_energy[sa:sb]))
+    return out
 
 
 # seconds a reading's time stamp may sit from its registers' refresh: meters refresh
@@ -214,38 +278,92 @@ def _per_interval(pi: I64, pb: I64, pe: F64) -> tuple[I64, I64, F64]:
 READING_TIMING_S = 2.0
 
 
+def _stretch_sides(iv: Intervals, st: I64, before_knot: F64, off: I64) -> F64:
+    """Per straddling interval ``st`` of a catch-up's stretch, the smaller side of the
+    whole stretch at its knot: the catch-up's spread over the stretch is an estimate, so
+    a boundary inside it could have any part of the stretch on either side."""
+    up = (iv.flags & kernels.CATCH_UP) != 0
+    first = up & np.concatenate([[True], ~up[:-1]])
+    first[off[:-1][off[:-1] < len(iv)]] |= up[off[:-1][off[:-1] < len(iv)]]  # meters apart
+    run = np.cumsum(first) - 1  # stretch id of each catch-up interval
+    cum = np.concatenate([[0.0], np.cumsum(np.where(up, iv.energy, 0.0))])
+    run_lo = np.flatnonzero(first)
+    run_hi = np.append(run_lo[1:], len(iv))
+    out = np.zeros(len(st))
+    for k, i in enumerate(st.tolist()):
+        if up[i]:
+            r = run[i]
+            lo, hi = run_lo[r], i
+            while hi + 1 < run_hi[r] and up[hi + 1]:
+                hi += 1
+            before = cum[i] - cum[lo] + before_knot[k]
+            out[k] = min(before, cum[hi + 1] - cum[lo] - before)
+    return out
+
+
+def _edge_timing(iv: Intervals, off: I64, r_scope: I64, bounds: Sequence[I64]) -> F64:
+    """Per interval, what its ends' timing may move across a batch boundary that one of
+    its readings is stamped exactly at (no interval straddles it, so no split bounds it):
+    the rate there over ``READING_TIMING_S``. A device clock of whole seconds stamps
+    readings at the very second a boundary is; the value is from within that second."""
+    out = np.zeros(len(iv))
+    duration_h = (iv.end - iv.start) / 3.6e12
+    mean = np.divide(iv.energy, duration_h, out=np.zeros(len(iv)), where=duration_h > 0)
+    for k, r in enumerate(r_scope.tolist()):
+        b = bounds[r]
+        if len(b) == 0:
+            continue
+        sl = slice(int(off[k]), int(off[k + 1]))
+        for ts, rate in ((iv.end[sl], iv.p_end[sl]), (iv.start[sl], iv.p_start[sl])):
+            at = np.isin(ts, b)
+            if at.any():
+                kw = np.where(np.isfinite(rate), np.abs(rate), mean[sl])
+                out[sl] += np.where(at, kw * READING_TIMING_S / 3600, 0.0)
+    return out
+
+
 def _pair_uncertainty(iv: Intervals, pi: I64, pe: F64, straddle: np.ndarray,
                       by_power: np.ndarray, s_energy: F64, lin_energy: F64,
-                      s_parent: I64) -> F64:
+                      s_parent: I64, off: I64, edge: F64) -> F64:
     """Expanded uncertainty of each (interval, batch) share from the boundary spread.
 
     Inside a batch an interval's spread does not matter; across a boundary the
     energy that could sit on the other side does: half of what the power
     evidence moved against a linear split, plus a tenth of the smaller side for
-    the timing of the knot (register refresh, clock), and for a linear split or
-    a gap half of the smaller side; and, from the power channel, the change of
-    rate across the knot over ``READING_TIMING_S`` (how far a reading's time
-    stamp may sit from the instant its registers were refreshed).
+    the timing of the knot (register refresh, clock), and for a linear split, a
+    gap or a catch-up's stretch half of the smaller side; and, from the power
+    channel, the change of rate across the knot over ``READING_TIMING_S`` (how
+    far a reading's time stamp may sit from the instant its registers were
+    refreshed); and ``edge``, for an interval a boundary meets at one of its readings.
     """
-    if len(pi) == 0:
-        return f64()
-    first_seg = np.searchsorted(s_parent, np.arange(len(iv)), side="left")
-    side = np.minimum(s_energy[first_seg], iv.energy - s_energy[first_seg])
+    out = np.zeros(len(pi))
+    st = np.flatnonzero(straddle)  # only boundary intervals have a term: a few in the window
+    rows = np.flatnonzero(straddle[pi] | (edge[pi] > 0))
+    if len(rows) == 0:
+        return out
+    first_seg = np.searchsorted(s_parent, st, side="left")
+    energy = iv.energy[st]
+    side = np.minimum(s_energy[first_seg], energy - s_energy[first_seg])
     moved = np.abs(s_energy[first_seg] - lin_energy[first_seg])
-    gap = (iv.flags & kernels.GAP) != 0
-    step = np.abs(np.nan_to_num(iv.p_end) - np.nan_to_num(iv.p_start)) * READING_TIMING_S / 3600
-    per_iv = np.where(by_power & ~gap, 0.5 * moved + 0.1 * side + step, 0.5 * side)
-    per_iv = np.where(straddle, per_iv, 0.0)
-    share = np.divide(pe, iv.energy[pi], out=np.zeros(len(pi)), where=iv.energy[pi] > 0)
-    return f64(per_iv[pi] * np.minimum(1.0, 2 * share))
+    # a gap's or a catch-up's spread in time is not known: bounded as a linear split
+    gap = (iv.flags[st] & (kernels.GAP | kernels.CATCH_UP)) != 0
+    step = np.abs(np.nan_to_num(iv.p_end[st]) - np.nan_to_num(iv.p_start[st])
+                  ) * READING_TIMING_S / 3600
+    per_iv = edge.copy()
+    side = np.maximum(side, _stretch_sides(iv, st, s_energy[first_seg], off))
+    per_iv[st] += np.where(by_power[st] & ~gap, 0.5 * moved + 0.1 * side + step, 0.5 * side)
+    at = pi[rows]
+    share = np.divide(pe[rows], iv.energy[at], out=np.zeros(len(rows)), where=iv.energy[at] > 0)
+    out[rows] = per_iv[at] * np.minimum(1.0, 2 * share)
+    return out
 
 
 def _record_methods(methods: dict[str, set[str]], batches: Sequence[Batch], pi: I64, pb: I64,
                     straddle: np.ndarray, by_power: np.ndarray, by_state: I64) -> None:
-    for i, b in zip(pi, pb, strict=True):
-        if straddle[i]:
-            how = ("state+" if by_state[i] else "") + ("power" if by_power[i] else "linear")
-            methods.setdefault(batches[int(b)].batch_id, set()).add(how)
+    sel = np.flatnonzero(straddle[pi])  # pairs of boundary intervals only
+    for i, b in zip(pi[sel].tolist(), pb[sel].tolist(), strict=True):
+        how = ("state+" if by_state[i] else "") + ("power" if by_power[i] else "linear")
+        methods.setdefault(batches[b].batch_id, set()).add(how)
 
 
 def residual(parent: Intervals, children: Sequence[tuple[I64, I64, F64]]) -> F64:
@@ -291,77 +409,113 @@ def respread_catch_ups(iv: Intervals) -> Intervals:
 
 
 def allocate_site(site: SiteSpec, series: Mapping[str, Intervals], batches: Sequence[Batch],
-                  states: Mapping[str, StateChanges]) -> SiteAllocation:
+                  states: Mapping[str, StateChanges], cache: AllocCache | None = None
+                  ) -> SiteAllocation:
     """Every meter of the site, in the order sub-division, shared, parent residual.
 
     ``series`` as the meters counted it; frozen registers' catch-ups are first spread
-    back over the frozen stretch (:func:`respread_catch_ups`)."""
+    back over the frozen stretch (:func:`respread_catch_ups`). ``cache``: what the
+    previous call for the same site kept (the result is the same without it)."""
     series = {m: respread_catch_ups(iv) for m, iv in series.items()}
     ordered = sorted(batches, key=lambda b: (b.start_ns, b.batch_id))
-    out = _allocate_all(site, series, ordered, states)
+    out = _allocate_all(site, series, ordered, states, cache)
     for meter, ma in out.meters.items():
         ma.metered = series[meter].energy
     return out
 
 
 def _allocate_all(site: SiteSpec, series: Mapping[str, Intervals], ordered: list[Batch],
-                  states: Mapping[str, StateChanges]) -> SiteAllocation:
+                  states: Mapping[str, StateChanges], cache: AllocCache | None
+                  ) -> SiteAllocation:
     out = SiteAllocation(list(ordered))
     idle_next = site.idle_policy == "next_batch"
-    # children before their parents: a residual needs its children's spread in time
-    order = sorted(site.meters.items(), key=lambda kv: _depth(site, kv[0]), reverse=True)
+    order = meter_order(site)
+    metered = []
     for meter, spec in order:
         iv = series.get(meter)
-        if iv is None or len(iv) == 0:
-            continue
-        assets = site.scope(meter)
-        asset_states = [states[a] for a in assets if a in states]
-        rule = site.split_of(assets[0]) if spec.role == "asset" else spec.rule or "equal"
-        scope = _scope(ordered, assets, rule)
-        if spec.role == "parent":
-            out.meters[meter] = _allocate_parent(meter, spec, iv, series, out.meters, scope,
-                                                 rule, idle_next, site.residual_half_ns)
-        else:
-            out.meters[meter] = allocate_meter(meter, spec, iv, scope, rule, idle_next,
-                                               ordered, asset_states, out.methods)
+        if spec.role != "parent" and iv is not None and len(iv):
+            assets = site.scope(meter)
+            rule = site.split_of(assets[0]) if spec.role == "asset" else spec.rule or "equal"
+            metered.append((meter, iv, assets, rule))
+    done = allocate_meters(metered, ordered, states, idle_next, out.methods)
+    scopes = _Scopes(ordered, states)
+    for meter, spec in order:  # parents, deepest first: a residual needs its children's spread
+        iv = series.get(meter)
+        if spec.role == "parent" and iv is not None and len(iv):
+            assets = site.scope(meter)
+            scope = scopes.scopes[scopes.of(assets, spec.rule or "equal")]
+            done[meter] = _allocate_parent(meter, spec, iv, series, done, scope,
+                                           spec.rule or "equal", idle_next,
+                                           site.residual_half_ns, cache)
+    out.meters = {m: done[m] for m, _spec in order if m in done}
     return out
 
 
-def _depth(site: SiteSpec, meter: str) -> int:
-    """How many parents a meter sits under (the site incomer 0, its sub-meters 1 …)."""
-    parents = {c: m for m, spec in site.meters.items() for c in spec.children}
-    depth = 0
-    while meter in parents and depth < len(parents):
-        meter = parents[meter]
-        depth += 1
-    return depth
+# site's meters → (them, their order): built once per site model, not per evaluation
+_ORDER: dict[int, tuple[Mapping[str, MeterSpec], list[tuple[str, MeterSpec]]]] = {}
 
 
-def parent_coverage(parent: Intervals, children: Sequence[Intervals]) -> int:
-    """How many of the parent's intervals every child covers (residual computable)."""
-    until = min((c.covered_until for c in children), default=int(OPEN_END))
+def meter_order(site: SiteSpec) -> list[tuple[str, MeterSpec]]:
+    """The site's meters, children before their parents (deepest first, then file order)."""
+    meters = site.meters
+    got = _ORDER.get(id(meters))
+    if got is None or got[0] is not meters:
+        parents = {c: m for m, spec in meters.items() for c in spec.children}
+
+        def depth(meter: str) -> int:  # the site incomer 0, its sub-meters 1 …
+            d = 0
+            while meter in parents and d < len(parents):
+                meter, d = parents[meter], d + 1
+            return d
+        got = _ORDER[id(meters)] = (meters, sorted(meters.items(), key=lambda kv: depth(kv[0]),
+                                                   reverse=True))
+    return got[1]
+
+
+def parent_coverage(parent: Intervals, spreads: Sequence[tuple[I64, I64, F64]]) -> int:
+    """How many of the parent's intervals every child's spread covers (residual
+    computable). A child that is itself a parent spreads only as far as *its* residual
+    is computable, i.e. as far as all its own children reported: a grandchild that is
+    silent (a PLC behind an OPC UA server that restarts) stops its grandparent's residual
+    too, rather than leave that line's whole load in the grandparent's residual."""
+    until = min((int(ends[-1]) if len(ends) else 0 for _s, ends, _e in spreads),
+                default=int(OPEN_END))
     return int(np.searchsorted(parent.end, until, side="right"))
 
 
 def _allocate_parent(meter: str, spec: MeterSpec, iv: Intervals,
                      series: Mapping[str, Intervals], done: Mapping[str, MeterAllocation],
-                     scope: Scope, rule: str, idle_next: bool, half_ns: int) -> MeterAllocation:
+                     scope: Scope, rule: str, idle_next: bool, half_ns: int,
+                     cache: AllocCache | None = None) -> MeterAllocation:
     """The residual (unmetered loads: lighting, HVAC, auxiliaries), its rate smoothed over
     ± ``half_ns``, spread evenly in time within each interval."""
-    kids = [series.get(c, Intervals()) for c in spec.children]
-    n = parent_coverage(iv, kids)
-    head = iv.slice(0, n)
     spreads = []
-    for c, raw in zip(spec.children, kids, strict=True):
+    for c in spec.children:
         got = done.get(c)
+        raw = series.get(c, Intervals())
         spreads.append(got.spread if got is not None and got.spread is not None
                        else (raw.start, raw.end, raw.energy))
-    res = kernels.smooth_rate(head.start, head.end, residual(head, spreads), half_ns)
+    n = parent_coverage(iv, spreads)
+    head = iv.slice(0, n)
+    raw_res = residual(head, spreads)
+    if cache is None:
+        res = kernels.smooth_rate(head.start, head.end, raw_res, half_ns)
+    else:  # the same numbers; only the new intervals' terms are summed
+        res, carry = kernels.smooth_rate_resume(head.start, head.end, raw_res, half_ns,
+                                                cache.smooth.get(meter))
+        if carry is None:
+            cache.smooth.pop(meter, None)
+        else:
+            cache.smooth[meter] = carry
     pi, pb, pe, unalloc = _allocate(head.start, head.end, res, scope, idle_next)
     # the residual's own spread is smooth (unmetered loads): no boundary term; a
     # negative residual in an interval (children's timing against the parent's) is
     # allocated as it is, so the sums stay exact
     frac_est = np.divide(head.estimated, head.energy, out=np.zeros(n), where=head.energy > 0)
-    return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), res, np.zeros(len(pi)),
-                           pe * frac_est[pi] if len(pi) else f64(),
+    estimated = pe * frac_est[pi] if len(pi) else f64()
+    # where the parent's energy was spread in time by estimate (a gap, a frozen register's
+    # catch-up), so were its children's: the residual there is the difference of two
+    # estimates, each batch's share of it uncertain by half (as a reset's guess)
+    return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), res,
+                           f64(0.5 * np.abs(estimated)), estimated,
                            (head.start, head.end, head.energy))

@@ -21,8 +21,8 @@ import numpy as np
 import orjson
 
 from compute import kernels
-from compute.allocate import MeterAllocation, SiteAllocation
-from compute.model import Batch, Intervals
+from compute.allocate import SiteAllocation
+from compute.model import F64, I64, Batch, Intervals
 
 FLAG_NAMES = {
     kernels.GAP: "gap", kernels.ROLLOVER: "rollover", kernels.RESET: "reset",
@@ -62,36 +62,79 @@ def _add(d: dict[str, float], key: str, value: float) -> None:
     d[key] = d.get(key, 0.0) + value
 
 
-def _accumulate(fp_by_id: Mapping[str, Footprint], batches: Sequence[Batch], meter: str,
-                carrier: str, alloc: MeterAllocation, iv: Intervals,
-                resolution: float, digests: Mapping[str, hashlib._Hash]) -> None:
-    if len(alloc.batch) == 0:
+@dataclass
+class _Pairs:
+    """Every meter's (interval, batch) shares of a site, grouped by batch then meter (in the
+    allocation's meter order), each group in interval order: one group per footprint line."""
+
+    meters: list[str]
+    batch: I64
+    meter: I64  # index into meters
+    energy: F64
+    estimated: F64
+    uncertainty: F64
+    guessed: F64  # energy estimated for a reset or a spike
+    flags: I64
+    end: I64
+    co2: F64  # the carbon meter's kg x the pair's share of the interval (NaN: none)
+
+    @classmethod
+    def of(cls, alloc: SiteAllocation, series: Mapping[str, Intervals]) -> _Pairs:
+        names: list[str] = []
+        parts: list[tuple[np.ndarray, ...]] = []
+        for meter, ma in alloc.meters.items():
+            if len(ma.batch) == 0:
+                continue
+            iv = series[meter]
+            flags = iv.flags[ma.interval]
+            iv_energy = iv.energy[ma.interval]
+            share = np.divide(ma.energy, iv_energy, out=np.zeros(len(ma.energy)),
+                              where=iv_energy > 0)
+            parts.append((np.full(len(ma.batch), len(names)), ma.batch, ma.energy,
+                          ma.estimated, ma.uncertainty,
+                          np.where((flags & (kernels.RESET | kernels.SPIKE)) != 0, ma.energy, 0.0),
+                          flags, iv.end[ma.interval], iv.co2[ma.interval] * share))
+            names.append(meter)
+        if not parts:
+            no_i, no_f = np.zeros(0, np.int64), np.zeros(0)
+            return cls(names, no_i, no_i, no_f, no_f, no_f, no_f, no_i, no_i, no_f)
+        cols = [np.concatenate(c) for c in zip(*parts, strict=True)]
+        order = np.lexsort((cols[0], cols[1]))  # by batch, then meter; stable
+        m, b, e, est, unc, g, f, end, co2 = (c[order] for c in cols)
+        return cls(names, b, m, e, est, unc, g, f, end, co2)
+
+
+def _accumulate(fps: Mapping[str, Footprint], batches: Sequence[Batch], p: _Pairs,
+                carriers: Mapping[str, str], resolutions: Mapping[str, float],
+                digests: Mapping[str, hashlib._Hash]) -> None:
+    if len(p.batch) == 0:
         return
-    for b in np.unique(alloc.batch):
-        rows = np.flatnonzero(alloc.batch == b)
-        fp = fp_by_id[batches[int(b)].batch_id]
-        energy = float(alloc.energy[rows].sum())
-        _add(fp.energy, carrier, energy)
-        _add(fp.estimated, carrier, float(alloc.estimated[rows].sum()))
+    key = p.batch * len(p.meters) + p.meter
+    lo = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1])
+    hi = np.append(lo[1:], len(key)).tolist()
+    energy, estimated, unc, guessed, co2 = (np.add.reduceat(a, lo).tolist() for a in (
+        p.energy, p.estimated, p.uncertainty, p.guessed, p.co2))
+    bits = np.bitwise_or.reduceat(p.flags, lo).tolist()
+    for g, (a, z, b, m) in enumerate(zip(lo.tolist(), hi, p.batch[lo].tolist(),
+                                         p.meter[lo].tolist(), strict=True)):
+        meter = p.meters[m]
+        carrier = carriers[meter]
+        fp = fps[batches[b].batch_id]
+        _add(fp.energy, carrier, energy[g])
+        _add(fp.estimated, carrier, estimated[g])
         # counter quantisation (at most one count at each end of the batch's span), the
         # boundary spread, and half of any energy guessed for a reset or a spike (the
         # counter said nothing of it: last measured rate x time)
-        guessed = (iv.flags[alloc.interval[rows]] & (kernels.RESET | kernels.SPIKE)) != 0
-        _add(fp.uncertainty, carrier, float(alloc.uncertainty[rows].sum()) + 2 * resolution
-             + 0.5 * float(alloc.energy[rows][guessed].sum()))
-        fp.per_meter[meter] = fp.per_meter.get(meter, 0.0) + energy
-        ivs = alloc.interval[rows]
-        for bit, name in FLAG_NAMES.items():
-            if np.any(iv.flags[ivs] & bit):
-                fp.flags.add(f"{name}:{meter}")
-        co2 = iv.co2[ivs]
-        if np.isfinite(co2).all() and len(co2):
-            share = np.divide(alloc.energy[rows], iv.energy[ivs],
-                              out=np.zeros(len(rows)), where=iv.energy[ivs] > 0)
-            fp.carbon_meter_kg[meter] = float((co2 * share).sum())
-            fp.carbon_meter_energy[meter] = energy
-        digests[fp.batch.batch_id].update(orjson.dumps(
-            [meter, iv.end[ivs].tolist(), alloc.energy[rows].tolist()]))
+        _add(fp.uncertainty, carrier, unc[g] + 2 * resolutions.get(meter, 0.0)
+             + 0.5 * guessed[g])
+        fp.per_meter[meter] = fp.per_meter.get(meter, 0.0) + energy[g]
+        fp.flags.update(f"{name}:{meter}" for bit, name in FLAG_NAMES.items() if bits[g] & bit)
+        if co2[g] == co2[g]:  # every interval had a CO2 reading (a NaN would spread)
+            fp.carbon_meter_kg[meter] = co2[g]
+            fp.carbon_meter_energy[meter] = energy[g]
+        # the arrays as orjson writes numpy (the same bytes as their lists, without them)
+        digests[fp.batch.batch_id].update(orjson.dumps([meter, p.end[a:z], p.energy[a:z]],
+                                                       option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def batch_footprints(
@@ -113,11 +156,11 @@ def batch_footprints(
     digests = {b.batch_id: hashlib.sha256(orjson.dumps(
         [b.batch_id, b.asset, b.product, b.start_ns, b.end_ns, b.quantity, b.unit]))
         for b in alloc.batches}
-    for meter, m_alloc in alloc.meters.items():
-        _accumulate(fps, alloc.batches, meter, carriers[meter], m_alloc, series[meter],
-                    resolutions.get(meter, 0.0), digests)
+    _accumulate(fps, alloc.batches, _Pairs.of(alloc, series), carriers, resolutions, digests)
     for bid, fp in fps.items():
         fp.methods = alloc.methods.get(bid, set())
+        if fp.batch.end_inferred:
+            fp.flags.add("end_inferred")
         _apply_factors(fp, *factors_for(fp.batch))
         fp.inputs_sha256 = _finish_digest(digests[bid], fp)
     return fps

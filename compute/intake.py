@@ -29,8 +29,9 @@ from compute.model import F64, I64, f64, i64
 from compute.series import Readings
 from compute.site import SiteModel
 from compute.store import FrameKey
-from edge.wire import BatchFrame, Frame, Message, WireError, decode
-from ingest.screen import Limits, screen
+from edge.wire import BatchFrame, Frame, Message, WireError
+from ingest.accept import Acceptance, Refused, admit
+from ingest.screen import Limits
 from ingest.store import body_digest
 
 logger = logging.getLogger(__name__)
@@ -43,15 +44,14 @@ class Accepted:
     key: FrameKey
 
 
-def accept(record: Any, keys: Mapping[str, Any], max_bytes: int, limits: Limits
+def accept(record: Any, keys: Acceptance | Mapping[str, Any], max_bytes: int, limits: Limits
            ) -> Accepted | str:
     """An accepted message, or the reason ingest refuses it."""
     value: bytes = record.value or b""
-    try:
-        msg = decode(value, keys, max_bytes)
-    except WireError as exc:
+    try:  # ingest's acceptance: wire, keys, binding, frame age, storability, time screen
+        msg, verdict = admit(value, keys, max_bytes, limits)
+    except Refused as exc:
         return exc.reason
-    verdict = screen(msg, limits)
     if verdict.reason is not None and verdict.rejects_all:
         return verdict.reason
     key = FrameKey(msg.gateway, msg.stream, msg.seq, msg.site, body_digest(value),

@@ -25,12 +25,14 @@ from numba import njit
 
 from compute.kernels_alloc import allocate_overlap, split_at_knots, weight_segments
 from compute.kernels_check import F64, I64, floats, ints, require_sorted, same_length
-from compute.kernels_smooth import smooth_rate
+from compute.kernels_many import allocate_overlap_many, knots_many, merge_pairs
+from compute.kernels_smooth import SmoothCarry, smooth_rate, smooth_rate_resume
 
 __all__ = [
     "CATCH_UP", "ESTIMATED", "GAP", "MEASURED", "NON_MONOTONIC", "NO_TS", "OPEN_END", "RESET",
-    "ROLLOVER", "SPIKE", "CounterIntervals", "CounterState", "allocate_overlap", "resample_energy",
-    "smooth_rate", "split_at_knots", "sum_by_key", "unwrap_counter", "weight_segments",
+    "ROLLOVER", "SPIKE", "CounterIntervals", "CounterState", "SmoothCarry", "allocate_overlap",
+    "allocate_overlap_many", "knots_many", "merge_pairs", "resample_energy", "smooth_rate",
+    "smooth_rate_resume", "split_at_knots", "sum_by_key", "unwrap_counter", "weight_segments",
 ]
 
 MEASURED = 0

@@ -139,10 +139,9 @@ def _segments_impl(b_start: I64, b_end: I64, b_weight: F64
 
 
 @njit(cache=True)
-def _bisect(a: I64, n: int, x: int, after: bool) -> int:
-    """First index in sorted a[:n] with a[i] > x (``after``) or a[i] >= x (np.searchsorted
+def _first(a: I64, lo: int, hi: int, x: int, after: bool) -> int:
+    """First index in sorted a[lo:hi] with a[i] > x (``after``) or a[i] >= x (np.searchsorted
     right / left, written out: numba's generic one costs seconds of compile time)."""
-    lo, hi = 0, n
     while lo < hi:
         mid = (lo + hi) // 2
         if a[mid] < x or (after and a[mid] == x):
@@ -150,6 +149,12 @@ def _bisect(a: I64, n: int, x: int, after: bool) -> int:
         else:
             hi = mid
     return lo
+
+
+@njit(cache=True)
+def _bisect(a: I64, n: int, x: int, after: bool) -> int:
+    """First index in sorted a[:n] with a[i] > x (``after``) or a[i] >= x."""
+    return _first(a, 0, n, x, after)
 
 
 def allocate_overlap(i_start: I64, i_end: I64, i_energy: F64, seg_start: I64, seg_end: I64,

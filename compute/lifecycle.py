@@ -5,8 +5,9 @@ in its scope has reported past its end, and every batch it shares a meter with
 has ended too (their quantities weight the split); or once the site's data has
 run ``final_timeout_s`` past its end with meters still silent (they are
 flagged ``missing:<meter>``); or, when a batch it shares a meter with runs on
-for more than ``WEIGHTS_TIMEOUT_NS`` (a day) of data, with the split weighted
-provisionally (flagged ``weights_unknown:<batch>``) → ``revised`` when late
+for more than ``WEIGHTS_TIMEOUT_NS`` (a day) of data, or has ended without a
+quantity for ``final_timeout_s``, with the split weighted provisionally (flagged
+``weights_unknown:<batch>``) → ``revised`` when late
 data changes a final number (a new revision).
 
 Time here is *data time* (the newest reading of the site), never the wall
@@ -16,7 +17,7 @@ clock, so a restarted worker reaches the same decisions as an uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from compute.model import Batch
 
@@ -30,17 +31,6 @@ class Finality:
     final: bool
     missing: tuple[str, ...] = ()  # meters that had not reported past the end (timeout)
     waiting_for: tuple[str, ...] = ()  # batches whose weights were still unknown (timeout)
-
-
-def sharing(batch: Batch, batches: Iterable[Batch], scopes: Iterable[tuple[str, ...]]
-            ) -> list[Batch]:
-    """Batches that overlap ``batch`` in time on any asset of a scope containing its asset."""
-    assets: set[str] = set()
-    for scope in scopes:
-        if batch.asset in scope:
-            assets.update(scope)
-    return [b for b in batches if b.batch_id != batch.batch_id and b.asset in assets
-            and b.start_ns < batch.end_or_open and batch.start_ns < b.end_or_open]
 
 
 def finality(batch: Batch, coverage: Mapping[str, int], scope_meters: Sequence[str],
@@ -58,7 +48,12 @@ def finality(batch: Batch, coverage: Mapping[str, int], scope_meters: Sequence[s
     if not missing and not open_weights:
         return Finality(True)
     late = data_now_ns - batch.end_ns
-    if open_weights and late < max(timeout_ns, WEIGHTS_TIMEOUT_NS):
+    # a batch still running may legitimately run for hours: wait a day for its weight;
+    # one that has ended without a quantity (the MES sends it with the end) is given
+    # ``final_timeout_s`` like a silent meter, not a day
+    running = any(b.end_ns is None for b in others)
+    if open_weights and late < (max(timeout_ns, WEIGHTS_TIMEOUT_NS) if running
+                                else timeout_ns):
         return Finality(False)  # a number that the other batch's quantity will change
     if late >= timeout_ns:
         return Finality(True, missing, open_weights)
@@ -96,6 +91,35 @@ def window_start(batches: Sequence[Batch], final_ids: set[str], idle_next: bool,
             ends = [b.end_or_open for b in mine]
         w = min(w, max(ends, default=settled_until))
     return max(w, min(coverage_floor, data_now_ns - IDLE_HOLD_NS))
+
+
+def infer_ends(batches: Sequence[Batch], limits: Mapping[str, int]) -> list[Batch]:
+    """``batches`` with the ends their assets' limits imply (order kept).
+
+    An asset that runs at most ``limits[asset]`` batches at once (a kiln: 1) and sees
+    one more start has finished its earliest open batch by then, whatever happened to
+    the MES's end event (lost across an OPC UA restart, a PLC replaced): that batch
+    ends at the new start, flagged ``end_inferred``. A real end, when it comes, is
+    used instead. Pure and a function of the batch set alone, so a restored worker
+    and one cut into other micro-batches infer the same ends.
+    """
+    out = list(batches)
+    by_asset: dict[str, list[int]] = {}
+    for k, b in enumerate(out):
+        if b.asset in limits:
+            by_asset.setdefault(b.asset, []).append(k)
+    for asset, idx in by_asset.items():
+        idx.sort(key=lambda k: (out[k].start_ns, out[k].batch_id))
+        running: list[int] = []  # by start
+        for k in idx:
+            start = out[k].start_ns
+            running = [j for j in running if out[j].end_or_open > start]
+            while len(running) >= limits[asset]:
+                j = running.pop(0)
+                if out[j].end_ns is None:  # a real end inside another's run is left alone
+                    out[j] = replace(out[j], end_ns=start, end_inferred=True)
+            running.append(k)
+    return out
 
 
 def changed(old: Mapping[str, float], new: Mapping[str, float], rel: float = 1e-9) -> bool:

@@ -26,6 +26,9 @@ def i64(values: object = ()) -> I64:
     return np.ascontiguousarray(values, dtype=np.int64)
 
 
+_FIELDS = ("start", "end", "energy", "estimated", "flags", "p_start", "p_end", "co2")
+
+
 @dataclass
 class Intervals:
     """One meter's counter intervals, in time order, not overlapping.
@@ -50,6 +53,14 @@ class Intervals:
     def extend(self, other: Intervals) -> None:
         for name in ("start", "end", "energy", "estimated", "flags", "p_start", "p_end", "co2"):
             setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
+
+    @classmethod
+    def concat(cls, parts: list[Intervals]) -> Intervals:
+        """Several meters' intervals one after the other (for the many-meter kernels)."""
+        if not parts:
+            return cls()
+        cols = {n: np.concatenate([getattr(p, n) for p in parts]) for n in _FIELDS}
+        return cls(**cols)
 
     def since(self, t_ns: int) -> Intervals:
         """The intervals ending after ``t_ns`` (a view of the tail)."""
@@ -77,6 +88,9 @@ class Batch:
     end_ns: int | None = None
     quantity: float | None = None
     unit: str | None = None
+    # the MES's end event never came: the end is the start of the batch that the asset's
+    # max_concurrent showed could not run beside it (compute.lifecycle.infer_ends)
+    end_inferred: bool = False
 
     @property
     def end_or_open(self) -> int:

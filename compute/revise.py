@@ -22,9 +22,9 @@ import psycopg
 
 from compute.allocate import allocate_site
 from compute.footprint import batch_footprints, carbon_meter_flags
-from compute.lifecycle import changed
+from compute.lifecycle import changed, infer_ends
 from compute.model import Batch, Intervals, StateChanges, f64, i64
-from compute.site_state import SiteState
+from compute.site_state import SiteState, settled_rows
 from compute.store import ns_sql, ts_sql
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ def _states(cur: Cursor, site: str, lo: int, hi: int) -> dict[str, StateChanges]
 
 def revise_late(cur: Cursor, state: SiteState, late: Mapping[str, Intervals]) -> int:
     """Recompute the final batches ``late`` intervals touch; revisions go to ``state``'s
-    pending outcome (the caller writes them). Returns how many batches were revised."""
+    pending outcome (the caller writes them), and so do the allocation rows of the late
+    intervals. Returns how many batches were revised plus how many meters got rows (0:
+    nothing to write)."""
     if not late:
         return 0
     site = state.view.model.site
@@ -89,15 +91,16 @@ def revise_late(cur: Cursor, state: SiteState, late: Mapping[str, Intervals]) ->
     hi = max(int(iv.end[-1]) for iv in late.values())
     assets = _affected_assets(state, late)
     revised = 0
-    for b in _batches(cur, site, lo, hi):
+    limits = state.view.max_concurrent
+    for b in infer_ends(_batches(cur, site, lo, hi), limits):
         prev = state.stored.get(b.batch_id)
         if b.asset not in assets or b.end_ns is None or prev is None \
                 or prev.status == "provisional":
             continue
         ctx_lo, ctx_hi = b.start_ns - CONTEXT_NS, b.end_ns + CONTEXT_NS
         series = _intervals(cur, site, ctx_lo, ctx_hi)
-        batches = sorted(_batches(cur, site, ctx_lo, ctx_hi),
-                         key=lambda x: (x.start_ns, x.batch_id))
+        batches = infer_ends(sorted(_batches(cur, site, ctx_lo, ctx_hi),
+                                    key=lambda x: (x.start_ns, x.batch_id)), limits)
         alloc = allocate_site(state.view, series, batches, _states(cur, site, ctx_lo, ctx_hi))
         loc, _ = state.factors_for(b)
         fp = batch_footprints(alloc, series, state.view.carriers, state.resolutions(),
@@ -115,4 +118,48 @@ def revise_late(cur: Cursor, state: SiteState, late: Mapping[str, Intervals]) ->
         revised += 1
         logger.info("batch %s: late data from %s revises its footprint (revision %d)",
                     b.batch_id, ", ".join(sorted(late)), prev.revision + 1)
-    return revised
+    return revised + _late_allocations(cur, state, late, lo, hi)
+
+
+def _with_rows(cur: Cursor, site: str, meters: list[str], lo: int, hi: int
+                  ) -> set[tuple[str, int]]:
+    cur.execute(f"SELECT DISTINCT meter, {ns_sql('end_ts')} FROM allocation WHERE site = %s "
+                f"AND meter = ANY(%s) AND end_ts > {ts_sql('%s')} AND end_ts <= {ts_sql('%s')}",
+                (site, meters, lo, hi))
+    return {(str(m), int(t)) for m, t in cur.fetchall()}  # type: ignore[call-overload]
+
+
+def _late_allocations(cur: Cursor, state: SiteState, late: Mapping[str, Intervals], lo: int,
+                      hi: int) -> int:
+    """Allocation rows for the late intervals, and for their parents' intervals that waited
+    for them: allocated with the intervals, batches and states within ``CONTEXT_NS``, as
+    the window would have. Only settled intervals without any row yet get rows, so each
+    interval's rows still add up to its energy. Returns how many meters got rows."""
+    site, model = state.view.model.site, state.view.model
+    meters = set(late)
+    for m in late:
+        up = model.parent_of(m)
+        while up is not None and up not in meters:
+            meters.add(up)
+            up = model.parent_of(up)
+    hi = min(hi, state.settled_until)  # later intervals are the window's to settle
+    ctx_lo, ctx_hi = lo - CONTEXT_NS, hi + CONTEXT_NS
+    series = _intervals(cur, site, ctx_lo, ctx_hi)
+    batches = infer_ends(sorted(_batches(cur, site, ctx_lo, ctx_hi),
+                                key=lambda x: (x.start_ns, x.batch_id)),
+                         state.view.max_concurrent)
+    alloc = allocate_site(state.view, series, batches, _states(cur, site, ctx_lo, ctx_hi))
+    have = _with_rows(cur, site, sorted(meters), lo, hi)
+    written = 0
+    for m in sorted(meters):
+        ma, iv = alloc.meters.get(m), series.get(m)
+        if ma is None or iv is None:
+            continue
+        todo = (iv.end > lo) & (iv.end <= hi) & ~np.isin(
+            iv.end, [t for mm, t in have if mm == m])
+        # each run of intervals without rows, as the window settles a run
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], todo.astype(np.int8), [0]])))
+        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+            state.pending.allocations.append(settled_rows(m, ma, iv, a, b, alloc.batches))
+        written += bool(len(edges))
+    return written

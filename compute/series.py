@@ -79,8 +79,10 @@ def advance(carry: MeterCarry, spec: CounterSpec, rd: Readings,
     carry.energy = out.state
     start, end = out.start, out.end
     p_ts, p_val = rd.power  # canonical rate unit (the caller converts W to kW)
-    p_start = _power_at(start, p_ts, p_val, carry.power_ts, carry.power)
-    p_end = _power_at(end, p_ts, p_val, carry.power_ts, carry.power)
+    # intervals follow one another (each starts at the previous one's end): one look-up
+    # at every end and at the first start gives both ends' power
+    at = _power_at(np.concatenate([start[:1], end]), p_ts, p_val, carry.power_ts, carry.power)
+    p_start, p_end = at[:-1], at[1:]
     if len(p_ts):
         carry.power_ts, carry.power = int(p_ts[-1]), float(p_val[-1])
     co2 = np.full(len(end), np.nan)

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -115,6 +115,9 @@ class CarbonChannels(Frozen):
 class Asset(Frozen):
     line: str = Field(min_length=1)
     split: Literal["equal", "quantity"] = "equal"  # concurrent batches on the asset
+    # the most batches it can run at once (a kiln 1, a packer with two spouts 2): one more
+    # starting ends the earliest still open, flagged end_inferred. Absent: no limit
+    max_concurrent: int | None = Field(default=None, ge=1)
 
 
 class Meter(Frozen):
@@ -197,11 +200,34 @@ class Meter(Frozen):
                 yield f"{key}.assets: unknown asset {a!r}"
 
 
+# A URN (RFC 8141) as PACT wants product ids and classifications: urn:<nid>:<nss>
+_URN = r"^urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:\S+$"
+
+
+class CbamGoods(Frozen):
+    """What the EU CBAM calls the product (Regulation (EU) 2023/956, Annex I): the goods
+    category decides which embedded emissions count in the definitive period (iron and
+    steel, aluminium, hydrogen: direct only; cement, fertilisers: direct and indirect)."""
+
+    category: Literal["cement", "fertilisers", "iron_steel", "aluminium", "hydrogen"]
+    cn_code: str = Field(pattern=r"^\d{4}( ?\d{2}){0,2}$")  # e.g. "2523 10 00" (clinker)
+
+
 class Product(Frozen):
     name: str = ""
     declared_unit: DeclaredUnit = "kilogram"
     mass_per_declared_unit_kg: float = Field(default=1.0, gt=0)
     target_kgco2e_per_unit: float | None = Field(default=None, ge=0)
+    # CBAM goods (compute/cbam.py); absent: not CBAM goods, no CBAM figures
+    cbam: CbamGoods | None = None
+    # PACT export (compute/pact): the product's ids (GTIN, article number …) and
+    # classifications (UN CPC, CN code …) as URNs, e.g. "urn:gtin:5695872369587",
+    # "urn:pact:productclassification:un-cpc:3744"; at least one id to export
+    product_ids: tuple[Annotated[str, Field(pattern=_URN)], ...] = ()
+    classifications: tuple[Annotated[str, Field(pattern=_URN)], ...] = ()
+    # kgC of fossil origin in one declared unit of product (PACT fossilCarbonContent:
+    # 0 for mineral products such as brick or cement); absent = unknown, no export
+    fossil_carbon_content_kg: float | None = Field(default=None, ge=0)
 
 
 class SiteModel(Frozen):
@@ -317,11 +343,17 @@ class SiteModel(Frozen):
 
     def meters_for_asset(self, asset: str) -> tuple[str, ...]:
         """Every meter a batch on ``asset`` needs data from: those whose scope holds the
-        asset and, for a parent among them, its children (the residual is parent − Σ them)."""
+        asset and, for a parent among them, its children (the residual is parent − Σ them),
+        their children in turn (a child that is a parent counts as its own residual is
+        computable, which needs all of its children), and so on down."""
         direct = [mid for mid in self.meters if asset in self.scope(mid)]
         needed = dict.fromkeys(direct)
-        for mid in direct:
-            needed.update(dict.fromkeys(self.meters[mid].children))
+        todo = list(direct)
+        while todo:
+            for child in self.meters[todo.pop()].children:
+                if child not in needed:
+                    needed[child] = None
+                    todo.append(child)
         return tuple(needed)
 
     def lines(self) -> dict[str, tuple[str, ...]]:

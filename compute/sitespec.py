@@ -29,6 +29,8 @@ class SiteSpecView:
     power_channels: Mapping[str, str]  # meter -> its power channel
     gap_s: float
     co2_resolution_kg: Mapping[str, float]  # smart carbon meters' CO2 counter, kg per count
+    needs: Mapping[str, tuple[str, ...]]  # asset -> the meters its batches need data from
+    max_concurrent: Mapping[str, int]  # asset -> the most batches it runs at once (if set)
 
     # the allocation core's SiteSpec protocol
     @property
@@ -71,7 +73,8 @@ class SiteSpecView:
         return self.model.assets[asset].split
 
     def meters_for(self, asset: str) -> tuple[str, ...]:
-        return self.model.meters_for_asset(asset)
+        got = self.needs.get(asset)
+        return self.model.meters_for_asset(asset) if got is None else got
 
 
 def _counter(model: SiteModel, mid: str, gap_s: float) -> CounterSpec:
@@ -107,4 +110,7 @@ def site_view(model: SiteModel, gap_s: float) -> SiteSpecView:
         gap_s=gap_s,
         co2_resolution_kg={mid: m.carbon.co2_resolution for mid, m in model.meters.items()
                            if m.carbon is not None},
+        needs={a: model.meters_for_asset(a) for a in model.assets},
+        max_concurrent={a: x.max_concurrent for a, x in model.assets.items()
+                        if x.max_concurrent is not None},
     )

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 import psycopg
 
@@ -57,16 +58,22 @@ _FRAMES = """INSERT INTO compute_frame (gateway, stream, seq, site, body_sha256,
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bytea[],
                      %s::int[], %s::bigint[])
 ON CONFLICT DO NOTHING RETURNING gateway, stream, seq"""
+# a frame whose signed body a `ledger reset` retired (migration 0010) is a replay: ingest
+# dead-letters it as `replayed`, compute must not use it under the new epoch's numbers
+_RETIRED = """SELECT DISTINCT body_sha256 FROM retired_frame WHERE body_sha256 = ANY(%s::bytea[])"""
 _SEEN = """SELECT gateway, stream, seq, body_sha256 FROM compute_frame
 JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS k(gateway, stream, seq)
 USING (gateway, stream, seq)"""
+# numbers travel as one array literal per column (``_literal``) and names as an index into a
+# short list: psycopg adapts a Python list element by element, which cost more than the
+# allocation itself on a site of hundreds of meters
 _INTERVALS = f"""INSERT INTO energy_interval (site, meter, carrier, start_ts, end_ts, energy,
     estimated, flags, power_start, power_end, co2)
-SELECT site, meter, carrier, {ts_sql('s')}, {ts_sql('e')}, energy, est, flags,
+SELECT %s, (%s::text[])[k], (%s::text[])[k], {ts_sql('s')}, {ts_sql('e')}, energy, est, flags,
        nullif(ps, 'NaN'), nullif(pe, 'NaN'), nullif(co2, 'NaN')
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::float8[],
-            %s::float8[], %s::int[], %s::float8[], %s::float8[], %s::float8[])
-     AS t(site, meter, carrier, s, e, energy, est, flags, ps, pe, co2)
+FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::int[],
+            %s::float8[], %s::float8[], %s::float8[])
+     AS t(k, s, e, energy, est, flags, ps, pe, co2)
 ON CONFLICT DO NOTHING"""
 _BATCH = f"""INSERT INTO compute_batch (site, batch_id, asset, product, start_ts, end_ts,
     quantity, unit, updated_at)
@@ -79,9 +86,9 @@ SELECT %s, asset, {ts_sql('t')}, code FROM unnest(%s::text[], %s::bigint[], %s::
     AS x(asset, t, code)
 ON CONFLICT DO NOTHING"""
 _ALLOC = f"""INSERT INTO allocation (site, meter, end_ts, batch_id, energy, rule)
-SELECT %s, meter, {ts_sql('e')}, batch_id, energy, rule
-FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::float8[], %s::text[])
-    AS x(meter, e, batch_id, energy, rule)
+SELECT %s, (%s::text[])[m], {ts_sql('e')}, (%s::text[])[b], energy, (%s::text[])[r]
+FROM unnest(%s::int[], %s::bigint[], %s::int[], %s::float8[], %s::int[])
+    AS x(m, e, b, energy, r)
 ON CONFLICT DO NOTHING"""
 _FOOTPRINT_COLS = """site, batch_id, revision, status, asset, product, start_ts, end_ts,
     quantity, unit, declared_units, energy, energy_unit, uncertainty, kgco2e_location,
@@ -101,12 +108,27 @@ ON CONFLICT (site, batch_id, revision) DO UPDATE SET
     primary_data_share = EXCLUDED.primary_data_share, flags = EXCLUDED.flags,
     factor_ids = EXCLUDED.factor_ids, detail = EXCLUDED.detail,
     inputs_sha256 = EXCLUDED.inputs_sha256, computed_at = now()"""
-_METER_STATE = """INSERT INTO compute_meter_state (site, meter, carry) VALUES (%s, %s, %s)
+_METER_STATE = """INSERT INTO compute_meter_state (site, meter, carry)
+SELECT %s, (%s::text[])[k], carry FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY
+    AS x(carry, k)
 ON CONFLICT (site, meter) DO UPDATE SET carry = EXCLUDED.carry"""
 _SITE_STATE = """INSERT INTO compute_site_state (site, settled_until, data_now, batch_marks)
 VALUES (%s, %s, %s, %s)
 ON CONFLICT (site) DO UPDATE SET settled_until = EXCLUDED.settled_until,
     data_now = EXCLUDED.data_now, batch_marks = EXCLUDED.batch_marks"""
+
+def _literal(values: list[int] | list[float]) -> str:
+    """A PostgreSQL array literal of numbers (``repr`` of a float round-trips exactly;
+    ``nan`` is read as NaN)."""
+    return "{" + ",".join(map(repr, values)) + "}"
+
+
+def _indexed(names: list[str]) -> tuple[list[str], str]:
+    """Distinct names, and each name's 1-based position among them as an array literal."""
+    pos: dict[str, int] = {}
+    idx = [pos.setdefault(n, len(pos) + 1) for n in names]
+    return list(pos), _literal(idx)
+
 
 def carry_json(c: MeterCarry) -> bytes:
     return orjson.dumps({"energy": list(c.energy), "co2": list(c.co2),
@@ -137,6 +159,10 @@ class ComputeStore:
         self.group = group
         self.connect_timeout_s = connect_timeout_s
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        # (site, meter) -> the carry as last written in this connection's transactions: a
+        # meter whose carry did not move is not written again (forgotten with the
+        # connection, so a rolled-back micro-batch never leaves it wrong)
+        self._carries: dict[tuple[str, str], bytes] = {}
 
     @property
     def conn(self) -> psycopg.Connection[tuple[object, ...]]:
@@ -145,6 +171,7 @@ class ComputeStore:
         return self._conn
 
     def close(self) -> None:
+        self._carries.clear()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -157,20 +184,27 @@ class ComputeStore:
     def new_frames(self, cur: psycopg.Cursor[tuple[object, ...]],
                    frames: Sequence[FrameKey]) -> tuple[set[int], list[int]]:
         """Record ``frames``; the indices that are new, and those that conflict (same key,
-        another body: the gateway's sequence restarted; ingest refuses them too)."""
+        another body: the gateway's sequence restarted; ingest refuses them too). A frame
+        whose body a ledger reset retired is neither: a replay, not used (ingest: replayed)."""
         if not frames:
             return set(), []
+        cur.execute(_RETIRED, ([f.digest for f in frames],))
+        retired = {bytes(r[0]) for r in cur.fetchall()}  # type: ignore[call-overload]
+        live = [f for f in frames if f.digest not in retired]
+        if not live:
+            return set(), []
         cols = list(zip(*[(f.gateway, f.stream, f.seq, f.site, f.digest, f.partition, f.offset)
-                          for f in frames], strict=True))
+                          for f in live], strict=True))
         cur.execute(_FRAMES, [list(c) for c in cols])
         fresh = {(str(g), str(s), int(q)) for g, s, q in cur.fetchall()}  # type: ignore[call-overload]
-        new = {i for i, f in enumerate(frames) if (f.gateway, f.stream, f.seq) in fresh}
-        if len(new) == len(frames):
+        new = {i for i, f in enumerate(frames)
+               if f.digest not in retired and (f.gateway, f.stream, f.seq) in fresh}
+        if len(new) == len(live):
             return new, []
         cur.execute(_SEEN, [list(cols[0]), list(cols[1]), list(cols[2])])
         digests = {(str(g), str(s), int(q)): bytes(d)  # type: ignore[call-overload]
                    for g, s, q, d in cur.fetchall()}
-        conflicts = [i for i, f in enumerate(frames) if i not in new
+        conflicts = [i for i, f in enumerate(frames) if i not in new and f.digest not in retired
                      and digests.get((f.gateway, f.stream, f.seq)) != f.digest]
         return new, conflicts
 
@@ -186,31 +220,57 @@ class ComputeStore:
             a, t, c = zip(*out.state_changes, strict=True)
             cur.execute(_STATES, (site, list(a), list(t), list(c)))
         if out.allocations:
-            m, e, b_, en, r = zip(*out.allocations, strict=True)
-            cur.execute(_ALLOC, (site, list(m), list(e), list(b_), list(en), list(r)))
+            rows = out.allocations
+            k = np.repeat(np.arange(1, len(rows) + 1), [len(r.end) for r in rows])
+            ids, b_idx = _indexed([b for r in rows for b in r.batch_id])
+            rules, r_idx = _indexed([x for r in rows for x in r.rule])
+            cur.execute(_ALLOC, (site, [r.meter for r in rows], ids, rules,
+                                 _literal(k.tolist()),
+                                 _literal(np.concatenate([r.end for r in rows]).tolist()), b_idx,
+                                 _literal(np.concatenate([r.energy for r in rows]).tolist()),
+                                 r_idx))
+        provisional: list[tuple[object, ...]] = []
+        other: list[tuple[object, ...]] = []
         for revision, status, fp in out.footprints:
-            self._footprint(cur, state, revision, status, fp)
-        for meter, carry in state.carry.items():
-            cur.execute(_METER_STATE, (site, meter, carry_json(carry).decode()))
+            (provisional if status == "provisional" else other).append(
+                self._footprint(state, revision, status, fp))
+        # pipelined (psycopg's executemany): one round trip per statement kind
+        if provisional:
+            cur.executemany(_PROVISIONAL_UPSERT, provisional)
+        if other:
+            cur.executemany(_FOOTPRINT, other)
+        self._carry(cur, site, state)
         cur.execute(_SITE_STATE, (site, state.settled_until, state.data_now_ns,
                                   orjson.dumps(state.batch_marks).decode()))
 
     def _intervals(self, cur: psycopg.Cursor[tuple[object, ...]], site: str, state: SiteState,
                    out: Outcome) -> None:
-        cols: list[list[object]] = [[] for _ in range(11)]
-        for meter, iv in out.intervals.items():
-            n = len(iv)
-            for col, values in zip(cols, (
-                    [site] * n, [meter] * n, [state.view.carriers[meter]] * n,
-                    iv.start.tolist(), iv.end.tolist(), iv.energy.tolist(),
-                    iv.estimated.tolist(), iv.flags.tolist(), iv.p_start.tolist(),
-                    iv.p_end.tolist(), iv.co2.tolist()), strict=True):
-                col.extend(values)
-        if cols[0]:
-            cur.execute(_INTERVALS, cols)
+        meters = [m for m, iv in out.intervals.items() if len(iv)]
+        if not meters:
+            return
+        ivs = [out.intervals[m] for m in meters]
+        k = np.repeat(np.arange(1, len(meters) + 1), [len(iv) for iv in ivs])
+        cols = [_literal(np.concatenate([getattr(iv, name) for iv in ivs]).tolist())
+                for name in ("start", "end", "energy", "estimated", "flags", "p_start",
+                             "p_end", "co2")]
+        cur.execute(_INTERVALS, (site, meters, [state.view.carriers[m] for m in meters],
+                                 _literal(k.tolist()), *cols))
 
-    def _footprint(self, cur: psycopg.Cursor[tuple[object, ...]], state: SiteState,
-                   revision: int, status: str, fp: Footprint) -> None:
+    def _carry(self, cur: psycopg.Cursor[tuple[object, ...]], site: str,
+               state: SiteState) -> None:
+        """Every meter's carry that moved, in one statement."""
+        meters, carries = [], []
+        for meter, carry in state.carry.items():
+            raw = carry_json(carry)
+            if self._carries.get((site, meter)) != raw:
+                self._carries[(site, meter)] = raw
+                meters.append(meter)
+                carries.append(raw)
+        if meters:  # the carries as one JSON array: no per-element quoting of text
+            cur.execute(_METER_STATE, (site, meters, (b"[" + b",".join(carries) + b"]").decode()))
+
+    def _footprint(self, state: SiteState, revision: int, status: str,
+                   fp: Footprint) -> tuple[object, ...]:
         b = fp.batch
         model = state.view.model
         units = None
@@ -230,7 +290,7 @@ class ComputeStore:
                   fp.kgco2e_market / units if units else None,
                   fp.primary_data_share, sorted(fp.flags), fp.factor_ids,
                   orjson.dumps(detail).decode(), fp.inputs_sha256)
-        cur.execute(_PROVISIONAL_UPSERT if status == "provisional" else _FOOTPRINT, params)
+        return params
 
     def save_offsets(self, cur: psycopg.Cursor[tuple[object, ...]],
                      offsets: dict[TopicPartition, int]) -> None:
@@ -252,15 +312,18 @@ class ComputeStore:
             for meter, carry in c.execute(
                     "SELECT meter, carry FROM compute_meter_state WHERE site = %s", (site,)):
                 state.carry[str(meter)] = carry_from_json(carry)
-            self._restore_batches(state, site)
-            self._restore_intervals(state, site)
+                self._carries[(site, str(meter))] = carry_json(state.carry[str(meter)])
+            kept_from = self._restore_batches(state, site)
+            self._restore_intervals(state, site, kept_from)
             for asset, ts, code in c.execute(
                     f"SELECT asset, {ns_sql('ts')}, code FROM compute_state_change "
                     f"WHERE site = %s ORDER BY ts", (site,)):
                 state.states.setdefault(str(asset), StateChanges()).add(
                     i64([ts]), i64([code]))
 
-    def _restore_batches(self, state: SiteState, site: str) -> None:
+    def _restore_batches(self, state: SiteState, site: str) -> int:
+        """The batches and their footprints' latest revisions; returns from when intervals
+        are needed in memory (``SiteState.retain_from``)."""
         c = self.conn
         for bid, asset, product, s, e, q, u in c.execute(
                 f"SELECT batch_id, asset, product, {ns_sql('start_ts')}, {ns_sql('end_ts')}, "
@@ -272,18 +335,32 @@ class ComputeStore:
                 "SELECT batch_id, revision, status, energy, kgco2e_location "
                 "FROM batch_footprint_latest WHERE site = %s", (site,)):
             state.stored[str(bid)] = Stored(int(rev), str(status), dict(energy), float(kg))  # type: ignore[call-overload, arg-type]
-        keep_from = state.settled_until
-        for bid in [b for b, s in state.stored.items() if s.status != "provisional"]:
+        final = {b for b, s in state.stored.items() if s.status != "provisional"}
+        # a final batch whose last shares were not settled draws from its first settled
+        # row's interval on, or from settled_until if none is (SiteState.final_from)
+        half2 = 2 * state.view.residual_half_ns
+        tails = [b for b in final if b in state.batches
+                 and state.batches[b].end_or_open > state.settled_until - half2]
+        if tails:
+            for bid, first in c.execute(
+                    f"SELECT b, (SELECT {ns_sql('min(end_ts)')} FROM allocation a "
+                    f"WHERE a.site = %s AND a.batch_id = b) FROM unnest(%s::text[]) AS b",
+                    (site, tails)):
+                state.final_from[str(bid)] = min(state.settled_until, int(
+                    first if first is not None else state.settled_until))  # type: ignore[call-overload]
+        kept_from = state.retain_from(state.settled_until, final)
+        for bid in final:
             b = state.batches.get(bid)
-            if b is not None and b.end_or_open <= keep_from:
+            if b is not None and b.end_or_open <= kept_from:
                 del state.batches[bid]
+        return kept_from
 
-    def _restore_intervals(self, state: SiteState, site: str) -> None:
+    def _restore_intervals(self, state: SiteState, site: str, kept_from: int) -> None:
         rows = self.conn.execute(
             f"SELECT meter, {ns_sql('start_ts')}, {ns_sql('end_ts')}, energy, estimated, flags,"
             f" coalesce(power_start, 'NaN'), coalesce(power_end, 'NaN'), coalesce(co2, 'NaN')"
             f" FROM energy_interval WHERE site = %s AND end_ts > {_TS} ORDER BY meter, end_ts",
-            (site, state.settled_until - 2 * state.view.residual_half_ns)).fetchall()
+            (site, kept_from)).fetchall()
         by_meter: dict[str, list[tuple[object, ...]]] = {}
         for r in rows:
             by_meter.setdefault(str(r[0]), []).append(r[1:])

@@ -42,6 +42,7 @@ import tomli_w
 from rich.console import Console
 
 from deploy import devstack
+from deploy.demo_certify import certify
 from deploy.demo_footprints import report_footprints, wait_for_finals
 from deploy.demo_report import print_report
 from deploy.demo_scenario import DemoScenario, resolve
@@ -140,6 +141,9 @@ def edge_config(sample_path: Path, endpoints: dict[str, Any], kafka: str, prefix
         device["poll_interval_s"] = 0.5
     for server in sample.get("opcua", []):
         server["endpoint"] = endpoints["opcua"]["url"]
+        # the PLC counters at the Modbus meters' cadence (50 simulated s at 100x): one
+        # per publishing interval, the latest sample of each counter
+        server["publishing_interval_s"] = 0.5
     sample["signing_key"] = str(demo_dir() / "gateway.pem")
     sample["profile_dirs"] = [str(sample_path.parent / d) for d in sample.get("profile_dirs", [])]
     sample["outputs"] = {"kafka": {"bootstrap_servers": [kafka], "topic_prefix": prefix}}
@@ -148,7 +152,7 @@ def edge_config(sample_path: Path, endpoints: dict[str, Any], kafka: str, prefix
     if endpoints.get("clock"):
         # the plant runs faster than real time: stamp gateway time in the simulator's time
         # base, so readings without a device clock line up with device clocks and OPC UA
-        sample["clock"] = {"mode": "scaled", **endpoints["clock"]}
+        sample["clock"] = {**sample.get("clock", {}), "mode": "scaled", **endpoints["clock"]}
     path = demo_dir() / "edge.toml"
     path.write_text(tomli_w.dumps(sample))
     return path
@@ -158,13 +162,21 @@ def server_config(dsn: str, kafka: str, prefix: str, gateway: str, public_key: s
                   site: str, site_model: Path | None) -> Path:
     config: dict[str, Any] = {
         "kafka": {"bootstrap_servers": [kafka], "topic_prefix": prefix,
-                  "group": "plantprint-demo-ingest", "session_timeout_s": 6.0},
+                  # a group per run (its topic prefix): demos sharing one broker never
+                  # share a group whose other members subscribe to other runs' topics
+                  "group": f"{prefix}ingest", "session_timeout_s": 6.0},
         "database": {"dsn": dsn},
         "metrics": {"port": 0},
-        "gateways": {gateway: {"public_key": public_key}},
+        # ingest's binding: the demo's one gateway reports every meter and asset of its site
+        "gateways": {gateway: {"public_key": public_key, "site": site, "meters": ["*"],
+                               "assets": ["*"]}},
         # readings every 0.5 s real = 50 simulated s at 100x: a gap is several missed polls
-        "compute": {"group": "plantprint-demo-compute", "metrics_port": 0,
+        "compute": {"group": f"{prefix}compute", "metrics_port": 0,
                     "sites": {site: str(site_model)} if site_model else {}},
+        # PACT names the data owner on every footprint; the simulated plant's is a
+        # placeholder that says what it is
+        "pact": {"company_name": f"plantprint demo ({site}, simulated plant)",
+                 "company_ids": [f"urn:plantprint:demo:company:{site}"]},
     }
     path = demo_dir() / "server.toml"
     path.write_text(tomli_w.dumps(config))
@@ -276,6 +288,8 @@ def run_pipeline(
         console.print(f"[yellow]no site model for {scenario.name}: no footprints computed[/]")
         return 0
     report_footprints(console, dsn, truth, out)
+    with console.status("certifying: PACT export, evidence bundles verified, certificates"):
+        certify(console, server, dsn, scenario.site_model, out)
     return 0
 
 

@@ -91,7 +91,6 @@ def print_report(console: Console, dsn: str, truth: Path) -> None:
     sequence_health(console, dsn)
     ground_truth(console, truth)
     console.print(
-        "[dim]Batch footprints from the measured data (interval energy, allocation, "
-        "emission factors) are the compute stage, next; they will be checked against "
-        "the ground truth above.[/]"
+        "[dim]Next, compute's batch footprints from the measured data (interval energy, "
+        "allocation, emission factors), graded against the ground truth above.[/]"
     )

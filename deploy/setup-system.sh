@@ -3,6 +3,7 @@
 #   mosquitto - the MQTT broker the tests start on a free port
 #   mbpoll    - an independent Modbus client the simulator tests read with
 #   nodejs/npm - the TimescaleDB test peer (WASM PostgreSQL) runs under node
+#   chromium  - the batch certificate is rendered (screenshot, PDF) in headless Chromium
 # Installs only what is missing, and only when it can (root, apt-get present).
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

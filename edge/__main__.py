@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -40,15 +39,12 @@ def init_key(config: AgentConfig) -> int:
         try:
             key = wire.load_private_key(path)
         except ValueError as exc:  # the message names the file
-            print(f"key error: {exc}; move the file away to create a new key",
-                  file=sys.stderr)
+            hint = "" if "chmod" in str(exc) else "; move the file away to create a new key"
+            print(f"key error: {exc}{hint}", file=sys.stderr)
             return 2
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    else:  # owner-only file, in a 0700 folder when the folder is new (the agent refuses others)
         key = wire.generate_private_key()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(wire.private_key_pem(key))
+        wire.write_private_key(path, key)
     print(f"{config.gateway} {wire.public_key_b64(key)}")
     return 0
 

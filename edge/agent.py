@@ -40,6 +40,7 @@ from edge.modbus import ModbusPoller, PollResult
 from edge.spool import Spool
 
 if TYPE_CHECKING:
+    from edge.modbus_batches import PlcBatchSource
     from edge.opcua import OpcUaSubscriber
 
 logger = logging.getLogger(__name__)
@@ -129,25 +130,44 @@ class Agent:
         self._forward_config = forward_config
         if self._publishers is None and not config.has_output:
             raise StartError("[outputs]", "no [outputs.kafka] or [outputs.mqtt] configured")
-        self.pollers = [ModbusPoller(d, self.clock, self.on_poll) for d in config.modbus]
+        tolerance = config.clock.device_tolerance_s  # device clocks further off: not passed on
+        self.pollers = [ModbusPoller(d, self.clock, self.on_poll, tolerance,
+                                     config.clock.max_answer_s) for d in config.modbus]
         self.subscribers: list[OpcUaSubscriber] = []
         if config.opcua:  # asyncua takes about a second to import: only for sites using it
             from edge.opcua import OpcUaSubscriber
 
             self.subscribers = [
                 OpcUaSubscriber(s, self.on_readings, self.on_batch_events,
-                                clock=self.clock.now_ns)
+                                clock=self.clock.now_ns, device_tolerance_s=tolerance)
                 for s in config.opcua
             ]
+        self.plc_batches: list[PlcBatchSource] = []
+        if config.modbus_batches:
+            from edge.modbus_batches import PlcBatchSource
+
+            self.plc_batches = [PlcBatchSource(b, self.on_batch_events, self.clock)
+                                for b in config.modbus_batches]
+        # batch events the MES hands over itself: spooled before the sender gets its answer
+        self.mes_inputs: list[Input] = []
+        if config.mes_http is not None:
+            from edge.mes_http import MesHttpEndpoint
+
+            self.mes_inputs.append(MesHttpEndpoint(config.mes_http, self.spool_batch_events))
+        if config.mes_folder is not None:
+            from edge.dropfolder import DropFolder
+
+            self.mes_inputs.append(DropFolder(config.mes_folder, self.spool_batch_events))
         intervals = [d.poll_interval_s for d in config.modbus]
         self.frame_interval_s = frame_interval_s or min(intervals, default=1.0)
         self._results: deque[PollResult] = deque()
         self._readings: deque[wire.Reading] = deque()
         self._events: deque[wire.BatchEvent] = deque()
-        # the subscribers that read MES batch slots; while all are connected, every flush
-        # sends a batch frame (a watermark); while one is down, only real events go out
+        # the subscribers with batch sources (mappings, slots); while every batch source is
+        # up, every flush sends a batch frame (a watermark); while one is down, only real
+        # events go out
         self._mes_sources = [sub for sub, server in zip(self.subscribers, config.opcua,
-                                                        strict=True) if server.mes]
+                                                        strict=True) if server.batch_mappings]
         self.tasks = AgentTasks()
         self._flush_lock = asyncio.Lock()
         self.spool: Spool | None = None
@@ -161,7 +181,9 @@ class Agent:
     def inputs(self) -> list[tuple[str, Input]]:
         """Every input with its label (``modbus M-INC``, ``opcua plc1``)."""
         return [*((f"modbus {p.name}", p) for p in self.pollers),
-                *((f"opcua {s.name}", s) for s in self.subscribers)]
+                *((f"opcua {s.name}", s) for s in self.subscribers),
+                *((f"plc {b.name}", b) for b in self.plc_batches),
+                *((f"mes {m.name}", m) for m in self.mes_inputs)]
 
     # ------------------------------------------------------------------ inputs
 
@@ -194,6 +216,11 @@ class Agent:
 
     def on_batch_events(self, events: Sequence[wire.BatchEvent]) -> None:
         self._events.extend(events)
+
+    async def spool_batch_events(self, events: Sequence[wire.BatchEvent]) -> None:
+        """Events handed over by the MES: returns once they are signed and spooled."""
+        self._events.extend(events)
+        await self.flush()
 
     # --------------------------------------------------------------- lifecycle
 
@@ -320,7 +347,12 @@ class Agent:
         return seqs
 
     def _mes_live(self) -> bool:
-        return bool(self._mes_sources) and all(s.connected.is_set() for s in self._mes_sources)
+        """Every batch source up: OPC UA sessions connected, PLCs read at their last poll
+        (HTTP and folder always are: what was handed over is spooled at once)."""
+        if not (self._mes_sources or self.plc_batches or self.mes_inputs):
+            return False
+        return (all(s.connected.is_set() for s in self._mes_sources)
+                and all(b.live for b in self.plc_batches))
 
     def _spool_part(self, cols: Columns, may_refuse: bool) -> int:
         """Spool ``cols`` as one readings frame, encoded once with its real seq (worker thread).

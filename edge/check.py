@@ -19,6 +19,7 @@ from typing import Protocol, TextIO
 from edge.check_opcua import OPCUA_COLUMNS, NodeRow, opcua_cells, run_opcua_check
 from edge.config import AgentConfig, ModbusDevice
 from edge.modbus import ModbusPoller, PollResult
+from edge.modbus_batches_config import PlcBatches
 from edge.registers import Value
 
 
@@ -76,6 +77,21 @@ async def check_device(device: ModbusDevice) -> tuple[list[CheckRow], list[str]]
     finally:
         await poller.close()
     return rows_of(result, device), [str(e) for e in result.errors]
+
+
+async def check_plc_batches(cfg: PlcBatches) -> tuple[list[CheckRow], list[str], str]:
+    """A PLC's batch registers read once: rows, errors and the batch state they show."""
+    from edge.modbus_batches import PlcBatchSource, plc_device
+
+    src = PlcBatchSource(cfg, lambda _events: None)
+    try:
+        await src.poll()
+    finally:
+        await src.close()
+    assert src.last_result is not None
+    rows = rows_of(src.last_result, plc_device(cfg))
+    state = f"batch state plc {cfg.asset} at {cfg.host}:{cfg.port}: {src.describe()}"
+    return rows, [str(e) for e in src.last_result.errors], state
 
 
 async def run_check(config: AgentConfig) -> tuple[list[CheckRow], list[str]]:
@@ -137,14 +153,18 @@ def tables_of(rows: Sequence[CheckRow], opcua_rows: Sequence[NodeRow]) -> list[T
     return out
 
 
-def render(tables: Sequence[Table], errors: Sequence[str], summary: str, out: TextIO) -> None:
-    """The tables with rich when installed (the edge extra), else as aligned plain text."""
+def render(tables: Sequence[Table], errors: Sequence[str], summary: str, out: TextIO,
+           notes: Sequence[str] = ()) -> None:
+    """The tables with rich when installed (the edge extra), else as aligned plain text.
+
+    ``notes`` (the batch states) follow the tables, before the errors.
+    """
     try:
         from rich.console import Console
         from rich.markup import escape
         from rich.table import Table as RichTable
     except ImportError:
-        _render_plain(tables, errors, summary, out)
+        _render_plain(tables, [*notes, *(f"error {e}" for e in errors)], summary, out)
         return
     console = Console(file=out, width=200)
     for t in tables:
@@ -154,13 +174,15 @@ def render(tables: Sequence[Table], errors: Sequence[str], summary: str, out: Te
         for ok, cells in zip(t.ok, t.cells, strict=True):
             table.add_row(*cells, style=None if ok else "red")
         console.print(table)
+    for note in notes:
+        console.print(escape(note), markup=True)
     for msg in errors:
         console.print(f"[red]error[/red] {escape(msg)}", markup=True)
     all_ok = all(ok for t in tables for ok in t.ok)
     console.print(summary, style="green" if all_ok else "red")
 
 
-def _render_plain(tables: Sequence[Table], errors: Sequence[str], summary: str,
+def _render_plain(tables: Sequence[Table], lines: Sequence[str], summary: str,
                   out: TextIO) -> None:
     for t in tables:
         out.write(t.title + "\n")
@@ -169,23 +191,27 @@ def _render_plain(tables: Sequence[Table], errors: Sequence[str], summary: str,
         for c in cells:
             out.write("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
             out.write("\n")
-    for msg in errors:
-        out.write(f"error {msg}\n")
+    for line in lines:
+        out.write(line + "\n")
     out.write(summary + "\n")
 
 
-async def run_all(config: AgentConfig) -> tuple[list[CheckRow], list[NodeRow], list[str]]:
-    """Modbus meters and OPC UA servers checked concurrently."""
-    (rows, errors), (opcua_rows, opcua_errors) = await asyncio.gather(
-        run_check(config), run_opcua_check(config.opcua)
+async def run_all(config: AgentConfig) -> tuple[list[CheckRow], list[NodeRow], list[str],
+                                                list[str]]:
+    """Modbus meters and OPC UA servers checked concurrently; rows, errors, batch states."""
+    (rows, errors), (opcua_rows, opcua_errors, states), plcs = await asyncio.gather(
+        run_check(config), run_opcua_check(config.opcua),
+        asyncio.gather(*(check_plc_batches(b) for b in config.modbus_batches)),
     )
-    return rows, opcua_rows, errors + opcua_errors
+    for plc_rows, plc_errors, plc_state in plcs:
+        rows, errors, states = rows + plc_rows, errors + plc_errors, [*states, plc_state]
+    return rows, opcua_rows, errors + opcua_errors, states
 
 
 def check(config: AgentConfig, out: TextIO | None = None) -> int:
     """Run the check and print the tables; the exit code (1 if any point failed or none)."""
     out = out or sys.stdout
-    rows, opcua_rows, errors = asyncio.run(run_all(config))
+    rows, opcua_rows, errors, states = asyncio.run(run_all(config))
     everything: list[_Ok] = [*rows, *opcua_rows]
-    render(tables_of(rows, opcua_rows), errors, _summary(everything), out)
+    render(tables_of(rows, opcua_rows), errors, _summary(everything), out, states)
     return 0 if everything and all(r.ok for r in everything) else 1

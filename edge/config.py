@@ -13,7 +13,10 @@ One file per gateway::
     unit_id = 1
     profile = "pm5000"                  # profiles/pm5000.toml, or an inline table
 
-    [[opcua]] ...                       # edge.opcua_config.OpcUaServer
+    [[opcua]] ...                       # edge.opcua_config.OpcUaServer (meters, batches)
+    [[modbus_batches]] ...              # edge.modbus_batches: a PLC's batch registers
+    [mes_http] ...                      # edge.mes_http: the MES posts batch events
+    [mes_folder] ...                    # edge.dropfolder: the MES drops event files
     [outputs.kafka] ...                 # edge.publish_kafka.KafkaOutput
     [outputs.mqtt] ...                  # edge.publish_mqtt.MqttOutput
     [spool] ...                         # edge.spool.SpoolConfig
@@ -35,8 +38,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edge.clock import ClockConfig
+from edge.dropfolder import MesFolderConfig
+from edge.mes_http import MesHttpConfig
+from edge.modbus_batches_config import PlcBatches
 from edge.opcua_config import OpcUaServer
-from edge.profiles import PointSpec, Profile, find_profile, load_profile
+from edge.profiles import PointSpec, Profile, find_profile, load_profile, resolve_extends
 from edge.publish_kafka import KafkaOutput
 from edge.publish_mqtt import MqttOutput
 from edge.requests import MAX_REGISTERS
@@ -128,6 +134,9 @@ class AgentConfig(Frozen):
     profile_dirs: tuple[Path, ...] = (Path("profiles"),)
     modbus: tuple[ModbusDevice, ...] = ()
     opcua: tuple[OpcUaServer, ...] = ()
+    modbus_batches: tuple[PlcBatches, ...] = ()
+    mes_http: MesHttpConfig | None = None
+    mes_folder: MesFolderConfig | None = None
     outputs: Outputs = Outputs()
     spool: SpoolConfig
     metrics: MetricsConfig = MetricsConfig()
@@ -142,8 +151,10 @@ class AgentConfig(Frozen):
         dupes = sorted({m for m in meters if meters.count(m) > 1})
         if dupes:
             raise ValueError(f"meter names must be unique, repeated: {', '.join(dupes)}")
-        if not self.modbus and not self.opcua:
-            raise ValueError("configure at least one [[modbus]] device or [[opcua]] server")
+        if not (self.modbus or self.opcua or self.modbus_batches or self.mes_http
+                or self.mes_folder):
+            raise ValueError("configure at least one [[modbus]] device, [[opcua]] server, "
+                             "[[modbus_batches]], [mes_http] or [mes_folder]")
         return self
 
     @property
@@ -185,13 +196,14 @@ def _resolve_profiles(config: AgentConfig, source: Path) -> AgentConfig:
     for i, dev in enumerate(config.modbus):
         where = f"{source}: modbus[{i}] (meter {dev.meter})"
         profile = dev.profile
-        if isinstance(profile, str):
-            try:
-                profile = load_profile(
-                    find_profile(profile, config.profile_dirs, source.parent)
-                )
-            except (FileNotFoundError, ConfigError) as exc:
-                raise ConfigError(f"{where}.profile: {exc}") from exc
+        try:
+            if isinstance(profile, str):
+                path = find_profile(profile, config.profile_dirs, source.parent)
+                profile = resolve_extends(load_profile(path), config.profile_dirs, path.parent)
+            else:  # inline: a base named in it is looked up from the config's folder
+                profile = resolve_extends(profile, config.profile_dirs, source.parent)
+        except (FileNotFoundError, ConfigError) as exc:
+            raise ConfigError(f"{where}.profile: {exc}") from exc
         try:
             profile = profile.select(dev.channels)
         except ValueError as exc:

@@ -29,7 +29,8 @@ READ_ERRORS: Final = Counter(
     "edge_read_errors",
     "Failed Modbus reads by meter and kind (connect, timeout, transport, exception, short, "
     "busy: each busy answer, busy_exhausted: a request given up after its busy retries, "
-    "not_finite: per value)",
+    "not_finite: per value, slow_answer: an answer slower than [clock] max_answer_s, its "
+    "readings not sent)",
     ("meter", "kind"),
 )
 POLL_SECONDS: Final = Histogram(
@@ -46,10 +47,39 @@ OPCUA_NOTIFICATIONS: Final = Counter(
 OPCUA_RECONNECTS: Final = Counter(
     "edge_opcua_reconnects", "OPC UA session re-creations", ("server",)
 )
-OPCUA_SLOT_CHANGES_DROPPED: Final = Counter(
-    "edge_opcua_slot_changes_dropped",
-    "MES batch-slot Running changes discarded because too many were waiting to be read",
-    ("server",),
+OPCUA_NODE_PROBLEM: Final = Gauge(
+    "edge_opcua_node_problem",
+    "1 while a configured OPC UA node cannot be used: not monitored (e.g. BadNodeIdUnknown), "
+    "or its value has the wrong type (text where a number is expected)",
+    ("server", "node"),
+)
+DEVICE_CLOCK_OFFSET: Final = Gauge(
+    "edge_device_clock_offset_seconds",
+    "Last seen offset of a meter's device time from the gateway clock, device minus gateway "
+    "(Modbus clock register vs request sent .. answer received, 0 inside; OPC UA source "
+    "timestamp vs receive time, not counting one far behind, which may be an old value's)",
+    ("meter",),
+)
+DEVICE_CLOCK_RESTAMPED: Final = Counter(
+    "edge_device_clock_restamped",
+    "Readings stamped with gateway time because the meter's device time was off the "
+    "gateway clock by more than [clock] device_tolerance_s",
+    ("meter",),
+)
+BATCH_EVENTS: Final = Counter(
+    "edge_batch_events", "Batch events produced, by source and kind (start, end)",
+    ("source", "kind"),
+)
+BATCH_ENDS_INFERRED: Final = Counter(
+    "edge_batch_ends_inferred",
+    "Batch ends the source no longer showed after a reconnect (a next batch had taken "
+    "its record): sent at the next batch's appearance, quantity only if written before",
+    ("source", "asset"),
+)
+MES_EVENTS_REFUSED: Final = Counter(
+    "edge_mes_events_refused",
+    "MES batch events refused at the HTTP endpoint or the drop folder, by source and reason",
+    ("source", "reason"),
 )
 
 # ------------------------------------------------------------ frames and spool

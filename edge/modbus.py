@@ -16,10 +16,15 @@ each. Errors are handled by kind, as in Telegraf and pymodbus:
   skipped, not queued), so a dead meter costs the others nothing: every poller
   runs in its own task on its own schedule.
 
-Readings are stamped with the gateway time their request was sent (the
-agent's :class:`~edge.clock.GatewayClock`, system time unless a simulator drill
-configures a scaled one), or with the meter's own clock register when the
-profile has one (``clock = "device"``).
+Readings are stamped with the gateway time halfway between their request's send
+and its answer (the agent's :class:`~edge.clock.GatewayClock`, system time unless
+a simulator drill configures a scaled one), or with the meter's own clock register when the
+profile has one (``clock = "device"``) and it is within ``[clock]
+device_tolerance_s`` of the gateway times its request was sent and answered: a
+clock further off either way is not passed on (``edge.clock.DeviceClocks``:
+metrics, warnings). An answer slower than ``[clock] max_answer_s`` leaves its
+readings' time unknown by more than half of it: they are not sent (counted as
+``slow_answer``; the next reading of a cumulative counter covers the interval).
 """
 
 from __future__ import annotations
@@ -40,7 +45,13 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 
 from edge import metrics
 from edge.backoff import Backoff
-from edge.clock import GatewayClock, SystemClock
+from edge.clock import (
+    DEVICE_TOLERANCE_S,
+    MAX_ANSWER_S,
+    DeviceClocks,
+    GatewayClock,
+    SystemClock,
+)
 from edge.config import ModbusDevice
 from edge.profiles import PointSpec
 from edge.registers import BlockDecoder, Field, Value, decode_raw
@@ -112,6 +123,8 @@ class BlockRead:
     registers: Sequence[int] | None = None
     values: Sequence[Value] | None = None
     error: ModbusPollError | None = None
+    sent_ns: int | None = None  # gateway time the request was sent
+    received_ns: int | None = None  # gateway time its answer was received
 
 
 @dataclass(slots=True)
@@ -131,8 +144,15 @@ class PollResult:
         return len(self.value)
 
 
-def add_block(result: PollResult, read: PlannedRead, regs: Sequence[int], ts_ns: int) -> int:
-    """Decode one block into ``result`` (the hot path); returns the readings added."""
+def add_block(result: PollResult, read: PlannedRead, regs: Sequence[int], ts_ns: int,
+              received_ns: int | None = None) -> int:
+    """Decode one block into ``result`` (the hot path); returns the readings added.
+
+    ``ts_ns``: the gateway time the request was sent; ``received_ns``: its answer. The
+    device sampled its registers somewhere between the two, so the readings are stamped
+    at the midpoint (Cristian's estimate: off by at most half the round trip, where the
+    send time is off by up to all of it, always the same way).
+    """
     values = read.decoder.decode(regs)
     emitted: Sequence[Value] = values if read.keep is None else read.keep(values)
     channels, units = read.channels, read.units
@@ -146,15 +166,17 @@ def add_block(result: PollResult, read: PlannedRead, regs: Sequence[int], ts_ns:
     result.channel.extend(channels)
     result.value.extend(emitted)
     result.unit.extend(units)
-    result.ts_ns.extend([ts_ns] * len(emitted))
-    result.blocks.append(BlockRead(read, regs, values))
+    stamp = ts_ns if received_ns is None else ts_ns + max(received_ns - ts_ns, 0) // 2
+    result.ts_ns.extend([stamp] * len(emitted))
+    result.blocks.append(BlockRead(read, regs, values, sent_ns=ts_ns, received_ns=received_ns))
     return len(emitted)
 
 
-def device_clock_ns(result: PollResult) -> int | None:
-    """The meter's own clock (epoch ns) if its profile has one and it was read.
+def device_clock_read(result: PollResult) -> tuple[int, int, int] | None:
+    """The meter's own clock and the gateway times its request was sent and answered.
 
-    Integer clocks convert exactly (epoch ms * 1 000 000), not through a float
+    All epoch ns; None when the profile has no clock point or its block was not
+    read. Integer clocks convert exactly (epoch ms * 1 000 000), not through a float
     of seconds, which would round to 256 ns at today's epoch.
     """
     for block in result.blocks:
@@ -172,7 +194,9 @@ def device_clock_ns(result: PollResult) -> int | None:
             clock = round((raw * point.scale + point.offset) * 1e9)
         else:
             return None
-        return clock if clock > 0 else None
+        sent = result.poll_ns if block.sent_ns is None else block.sent_ns
+        received = sent if block.received_ns is None else block.received_ns
+        return (clock, sent, received) if clock > 0 else None
     return None
 
 
@@ -184,10 +208,16 @@ class ModbusPoller:
         device: ModbusDevice,
         clock: GatewayClock | None = None,
         sink: Callable[[PollResult], None] | None = None,
+        device_tolerance_s: float = DEVICE_TOLERANCE_S,
+        max_answer_s: float = MAX_ANSWER_S,
     ) -> None:
         self.device = device
         self.meter = device.meter
         self.clock: GatewayClock = clock if clock is not None else SystemClock()
+        # the device clock, when it stamps: passed on only within this of the gateway's
+        self.device_clocks = DeviceClocks(device_tolerance_s, "clock")
+        self.max_answer_ns = round(max_answer_s * 1e9)  # gateway clock
+        self._slow_said = False  # a too slow answer was said (the rest are counted)
         self.sink = sink  # where ``run`` hands each cycle's result (the agent's on_poll)
         self.plan = build_plan(device)
         self._client: AsyncModbusTcpClient | None = None
@@ -291,6 +321,26 @@ class ModbusPoller:
             f"{where}: device busy after {self.device.busy_retries} retries",
         )
 
+    async def read_bits(self, table: str, address: int, count: int = 1) -> list[bool]:
+        """Coils (FC 1) or discrete inputs (FC 2) on this poller's connection.
+
+        For a PLC's running bit (``edge.modbus_batches``); failures are
+        ModbusPollError of the same kinds as register reads.
+        """
+        client = await self._ensure_connected()
+        call = client.read_coils if table == "coil" else client.read_discrete_inputs
+        where = f"{table} {address}x{count} at {self._endpoint}"
+        try:
+            resp = await call(address, count=count, device_id=self.device.unit_id)
+        except ModbusException as exc:
+            self._drop_client()
+            kind = "transport" if isinstance(exc, ConnectionException) else "timeout"
+            raise ModbusPollError(self.meter, kind, f"{where}: {exc}") from exc
+        if resp.isError():
+            code = getattr(resp, "exception_code", None)
+            raise ModbusPollError(self.meter, "exception", f"{where}: exception code {code}")
+        return [bool(b) for b in resp.bits[:count]]
+
     async def poll(self) -> PollResult:
         """One cycle: every block read once; failed blocks are reported, never raised."""
         now_ns = self.clock.now_ns
@@ -310,15 +360,39 @@ class ModbusPoller:
                     if exc.kind in ("timeout", "transport"):
                         break  # connection gone: the rest of the cycle would fail the same way
                     continue
-                add_block(result, read, regs, sent_ns)
+                received_ns = now_ns()
+                if self._too_slow(received_ns - sent_ns):
+                    result.blocks.append(BlockRead(read, regs, sent_ns=sent_ns,
+                                                   received_ns=received_ns))
+                    continue
+                add_block(result, read, regs, sent_ns, received_ns)
         self._finish(result)
         return result
 
+    def _too_slow(self, took_ns: int) -> bool:
+        """Whether an answer took too long for its readings' time to be known (counted;
+        the meter's first is said, the rest only counted: a loaded gateway flaps)."""
+        if took_ns <= self.max_answer_ns:
+            return False
+        metrics.READ_ERRORS.labels(meter=self.meter, kind="slow_answer").inc()
+        log = logger.debug if self._slow_said else logger.warning
+        self._slow_said = True
+        log("meter %s: an answer took %.3f s, more than [clock] max_answer_s (%g s): its "
+            "readings' time is that uncertain, so they are not sent (counters are "
+            "cumulative: the next reading covers the interval); further ones are counted in "
+            "edge_read_errors{kind=\"slow_answer\"}", self.meter, took_ns / 1e9,
+            self.max_answer_ns / 1e9)
+        return True
+
     def _finish(self, result: PollResult) -> None:
         if self.device.clock == "device":
-            clock = device_clock_ns(result)
-            if clock is not None:
-                result.ts_ns = [clock] * len(result.ts_ns)
+            read = device_clock_read(result)
+            if read is not None:
+                device_ns, sent_ns, received_ns = read
+                ts = self.device_clocks.stamp(self.meter, device_ns, sent_ns, len(result),
+                                              received_ns)
+                if ts == device_ns:  # else: kept, each block's own stamp
+                    result.ts_ns = [ts] * len(result.ts_ns)
         for exc in result.errors:
             metrics.READ_ERRORS.labels(meter=self.meter, kind=exc.kind).inc()
             logger.warning("%s", exc)

@@ -12,10 +12,19 @@ status codes are logged by name (``BadNodeIdUnknown``) with the configured node.
 Data changes are not dispatched one task per item as asyncua's handler mode
 does: the subscription's publish callback turns each notification message into
 one list of ``wire.Reading`` (source timestamp, status mapped to quality) and
-calls ``on_readings`` once. MES batch slots (docs/simulators.md): a change of a
-slot's ``Running`` reads the slot and becomes a start or end ``wire.BatchEvent``
-(the end carries the produced quantity and unit). An asset's state code is
+calls ``on_readings`` once. Batch sources (``[[opcua.batches]]`` mappings and
+MES slots, ``edge.opcua_batches``) are monitored field by field and turned into
+start and end ``wire.BatchEvent``s by their trackers, which outlive sessions:
+the first values after a reconnect are compared with what was sent, so a batch
+that ended while the server was away is ended then (marked as inferred when the
+server no longer shows its end). Batch fields have a subscription of their own,
+published as often as they are sampled: a server drops the notifications still
+queued in a subscription when it stops, and an MES end queued behind the
+meters' publishing interval at a restart would be lost with them. An asset's state code is
 reported as a reading ``<asset>/state``; the wire has no machine-state event.
+A node that cannot be monitored, or whose value has the wrong type, is logged
+with the node as configured and what it is for, and shown by the
+``edge_opcua_node_problem`` gauge.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -36,18 +45,25 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from edge import metrics, wire
 from edge.backoff import Backoff
+from edge.clock import DEVICE_TOLERANCE_S, DeviceClocks
+from edge.opcua_batches import BatchSources
 from edge.opcua_config import MesAsset, MonitoredNode, OpcUaServer, split_node_ref
-from edge.opcua_values import BATCH_SLOT_FIELDS, batch_events_of_slot, readings_of_items
+from edge.opcua_values import readings_of_items
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MesAsset", "MonitoredNode", "OpcUaError", "OpcUaServer", "OpcUaSubscriber",
-    "describe_error", "new_client", "resolve_node", "status_name",
+    "batch_publishing_interval_ms", "describe_error", "new_client", "resolve_node",
+    "status_name",
 ]
 
 ReadingsSink = Callable[[list[wire.Reading]], None]
 BatchSink = Callable[[list[wire.BatchEvent]], None]
+
+# a batch subscription never publishes faster than this (ms): batch fields change
+# rarely, so it mostly carries keep-alives, but each one is a round trip
+BATCH_PUBLISHING_FLOOR_MS: Final = 50.0
 
 _MODES: Final = {
     "Sign": ua.MessageSecurityMode.Sign,
@@ -55,16 +71,8 @@ _MODES: Final = {
 }
 
 
-MAX_PENDING_SLOT_CHANGES: Final = 10_000
-
-
 class OpcUaError(RuntimeError):
     """A session with an OPC UA server failed (connect, security, nodes)."""
-
-
-class _Slot(NamedTuple):
-    asset: str
-    fields: tuple[ua.NodeId, ...]  # BATCH_SLOT_FIELDS, in order
 
 
 class _NotifyingSubscription(Subscription):
@@ -103,23 +111,19 @@ class OpcUaSubscriber:
         on_readings: ReadingsSink,
         on_batch_events: BatchSink,
         clock: Callable[[], int] = time.time_ns,
+        device_tolerance_s: float = DEVICE_TOLERANCE_S,
     ) -> None:
         self.config = config
+        self.device_clocks = DeviceClocks(device_tolerance_s, "source")  # see edge.clock
         self._on_readings = on_readings
         self._on_batch_events = on_batch_events
         self._clock = clock
         self.connected = asyncio.Event()  # set while a session with subscriptions is up
         self.sessions = 0  # sessions that got their subscription created
         self._points: dict[int, tuple[str, str, str]] = {}
-        self._slots: dict[int, _Slot] = {}
-        self._refs: list[str] = []
-        self._emitted: dict[tuple[str, int], tuple[str, str]] = {}  # (asset, handle) -> last
-        # overflow policy: drop the newest change, logged and counted
-        self._slot_changes: asyncio.Queue[tuple[int, bool]] = asyncio.Queue(
-            maxsize=MAX_PENDING_SLOT_CHANGES
-        )
+        self._refs: list[tuple[str, str]] = []  # per request: node as configured, its role
+        self.batches = BatchSources(config.name, config.batch_mappings)
         self._lost = asyncio.Event()
-        self._slot_overflow = False  # an overflow of _slot_changes was logged
 
     @property
     def name(self) -> str:
@@ -156,35 +160,30 @@ class OpcUaSubscriber:
         try:
             async with asyncio.timeout(self.config.timeout_s * 3):
                 await client.connect()
-            sub = await self._subscribe(client)
+            subs = await self._subscribe(client)
             self.sessions += 1
             self.connected.set()
             logger.info("opcua %s: subscribed to %s items at %s", self.name,
-                        len(self._points) + len(self._slots), self.config.endpoint)
-            mes = asyncio.create_task(self._mes_loop(client))
-            try:
-                await self._until_lost(sub)
-            finally:
-                mes.cancel()
-                await asyncio.gather(mes, return_exceptions=True)
+                        len(self._refs), self.config.endpoint)
+            await self._until_lost(subs)
             raise OpcUaError(f"opcua {self.name}: connection to {self.config.endpoint} lost")
         finally:
             self.connected.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), self.config.timeout_s)
 
-    async def _until_lost(self, sub: Subscription) -> None:
+    async def _until_lost(self, subs: list[Subscription]) -> None:
         """Return when the transport is lost, or the server stopped publishing to us.
 
         A subscription the server dropped without closing the connection goes
         silent (no data, no keep-alive): after 3 keep-alive periods it counts
-        as lost too, and the next session re-creates it.
+        as lost too, and the next session re-creates them all.
         """
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), self.config.watchdog_s)
                 return
-            if sub.is_stale(3.0):
+            if any(sub.is_stale(3.0) for sub in subs):
                 logger.warning("opcua %s: subscription went silent", self.name)
                 return
 
@@ -203,57 +202,85 @@ class OpcUaSubscriber:
                            status_name(status.Status))
             self._lost.set()
 
-    async def _subscribe(self, client: Client) -> Subscription:
+    async def _subscribe(self, client: Client) -> list[Subscription]:
+        """The meters' and states' subscription and the batch fields', each if configured."""
         cfg = self.config
         namespaces = await client.get_namespace_array()
-        requests = self._build_requests(namespaces)
+        readings, batches = self._build_requests(namespaces)
+        subs: list[Subscription] = []
+        created: dict[int, list[Any]] = {}
+        # the meters' last: as with one subscription, the meters' first values of a
+        # session follow its count (``sessions``) rather than race it
+        for group, requests, interval_ms in ((1, batches, batch_publishing_interval_ms(cfg)),
+                                             (0, readings, cfg.publishing_interval_ms)):
+            if requests:
+                sub = await self._new_subscription(client, interval_ms)
+                subs.append(sub)
+                created[group] = await sub.create_monitored_items(requests)
+        results = created.get(0, []) + created.get(1, [])  # in handle order, as self._refs
+        bad = 0
+        for (ref, role), res in zip(self._refs, results, strict=True):
+            problem = metrics.OPCUA_NODE_PROBLEM.labels(server=self.name, node=ref)
+            if isinstance(res, ua.StatusCode):
+                bad += 1
+                problem.set(1)
+                logger.warning("opcua %s: cannot monitor node %s: %s (%s)", self.name, ref,
+                               status_name(res), role)
+            elif ref not in self.batches.problems:  # a first value may already be wrong
+                problem.set(0)
+        if bad == len(results):
+            raise OpcUaError(f"opcua {cfg.name}: no configured node could be monitored")
+        return subs
+
+    async def _new_subscription(self, client: Client, interval_ms: float) -> Subscription:
         params = ua.CreateSubscriptionParameters()
-        params.RequestedPublishingInterval = cfg.publishing_interval_ms
+        params.RequestedPublishingInterval = interval_ms
         params.RequestedLifetimeCount = 10_000
-        params.RequestedMaxKeepAliveCount = client.get_keepalive_count(cfg.publishing_interval_ms)
+        params.RequestedMaxKeepAliveCount = client.get_keepalive_count(interval_ms)
         params.MaxNotificationsPerPublish = 0  # no limit
         params.PublishingEnabled = True
         sub = _NotifyingSubscription(client.uaclient.session, params, self._items_changed,
                                      self._status_changed)
         await sub.init()
-        results = await sub.create_monitored_items(requests)
-        bad = [(ref, res) for ref, res in zip(self._refs, results, strict=True)
-               if isinstance(res, ua.StatusCode)]
-        for ref, status in bad:
-            logger.warning("opcua %s: cannot monitor node %s: %s", self.name, ref,
-                           status_name(status))
-        if len(bad) == len(requests):
-            raise OpcUaError(f"opcua {cfg.name}: no configured node could be monitored")
         return sub
 
-    def _build_requests(self, namespaces: list[str]) -> list[ua.MonitoredItemCreateRequest]:
-        """Monitored items with our own client handles (points first, then MES nodes)."""
+    def _build_requests(self, namespaces: list[str]) -> tuple[list[ua.MonitoredItemCreateRequest],
+                                                               list[ua.MonitoredItemCreateRequest]]:
+        """Monitored items with our own client handles: (points and states, batch fields).
+
+        Handles count up over both lists in order, as ``self._refs`` does.
+        """
         self._points.clear()
-        self._slots.clear()
-        self._refs.clear()  # the configured reference of each request, for messages
+        self._refs.clear()
+        self.batches.new_session()
         out: list[ua.MonitoredItemCreateRequest] = []
         for node in self.config.nodes:
             handle = len(out) + 1
             self._points[handle] = (node.meter, node.channel, node.unit)
-            self._refs.append(node.node)
+            self._refs.append((node.node, f"meter {node.meter} channel {node.channel}"))
             out.append(_item_request(self._node_id(node.node, namespaces), handle,
                                      node.sampling_interval_ms, _deadband(node), 1))
         for asset in self.config.mes:
             if asset.state is not None:
                 handle = len(out) + 1
                 self._points[handle] = (asset.asset, "state", "state")
-                self._refs.append(asset.state)
+                self._refs.append((asset.state, f"state of asset {asset.asset}"))
                 out.append(_item_request(self._node_id(asset.state, namespaces), handle,
                                          asset.sampling_interval_ms, None, 10))
-            for prefix in asset.slots:
+        readings = len(out)
+        for index, mapping in enumerate(self.batches.mappings):
+            for field, ref in mapping.field_nodes():
                 handle = len(out) + 1
-                fields = tuple(self._node_id(f"{prefix}.{f}", namespaces)
-                               for f in BATCH_SLOT_FIELDS)
-                self._slots[handle] = _Slot(asset.asset, fields)
-                self._refs.append(f"{prefix}.Running")
-                running = self._node_id(f"{prefix}.Running", namespaces)
-                out.append(_item_request(running, handle, asset.sampling_interval_ms, None, 10))
-        return out
+                self.batches.watch(handle, index, field, ref)
+                role = f"{field} of {mapping.name}"
+                if field in ("batch_id", "running"):
+                    role += ": no batch events from it until this is fixed"
+                self._refs.append((ref, role))
+                # queue: every change of a publishing interval, so a slot ended and
+                # reused within one interval is still seen in order
+                out.append(_item_request(self._node_id(ref, namespaces), handle,
+                                         mapping.sampling_interval_ms, None, 100))
+        return out[:readings], out[readings:]
 
     def _node_id(self, ref: str, namespaces: list[str]) -> ua.NodeId:
         return resolve_node(ref, namespaces, self.name)
@@ -262,49 +289,22 @@ class OpcUaSubscriber:
 
     def _items_changed(self, items: list[ua.MonitoredItemNotification]) -> None:
         metrics.OPCUA_NOTIFICATIONS.labels(server=self.name).inc(len(items))
-        readings = readings_of_items(items, self._points, self._clock())
-        for item in items:
-            if item.ClientHandle in self._slots:
-                value = item.Value.Value.Value if item.Value and item.Value.Value else None
-                try:
-                    self._slot_changes.put_nowait((item.ClientHandle, bool(value)))
-                except asyncio.QueueFull:
-                    self._slot_change_dropped(item.ClientHandle)
+        now = self._clock()
+        readings = readings_of_items(items, self._points, now, self._not_a_number,
+                                     self.device_clocks)
+        events = self.batches.observe(items, now)
         if readings:
             self._on_readings(readings)
+        if events:
+            self._on_batch_events(events)
 
-    def _slot_change_dropped(self, handle: int) -> None:
-        """Count every drop; log the first of each overflow (until the queue drains)."""
-        metrics.OPCUA_SLOT_CHANGES_DROPPED.labels(server=self.name).inc()
-        if self._slot_overflow:
-            return
-        self._slot_overflow = True
-        slot = self._slots.get(handle)
-        logger.error(
-            "opcua %s at %s: %s batch-slot changes already waiting to be read, dropped a "
-            "Running change of asset %s: its batch event may be missing (further drops "
-            "are counted in edge_opcua_slot_changes_dropped_total)",
-            self.name, self.config.endpoint, self._slot_changes.maxsize,
-            slot.asset if slot else "?",
-        )
-
-    async def _mes_loop(self, client: Client) -> None:
-        """Read a slot when its Running flag changed and emit its batch events, in order."""
-        while True:
-            handle, running = await self._slot_changes.get()
-            if self._slot_changes.empty():
-                self._slot_overflow = False
-            slot = self._slots.get(handle)
-            if slot is None:
-                continue
-            values = await client.read_values([client.get_node(n) for n in slot.fields])
-            events = [
-                ev for ev in batch_events_of_slot(slot.asset, running, values, self._clock())
-                if self._emitted.get((slot.asset, handle)) != (ev.batch_id, ev.kind)
-            ]
-            if events:
-                self._emitted[(slot.asset, handle)] = (events[-1].batch_id, events[-1].kind)
-                self._on_batch_events(events)
+    def _not_a_number(self, handle: int, what: str) -> None:
+        """A meter node holding text: no reading, a warning per value type, the gauge."""
+        ref, role = self._refs[handle - 1]
+        self.batches.report(ref, f"{role} holds {what}, not a number: text is not a "
+                                 "meter reading; map it in [[opcua.batches]] (batch_id, "
+                                 "product, unit) or remove it from [[opcua.nodes]]",
+                            kind=what.split(" ", 1)[0])  # once per value type a session
 
 
 async def new_client(cfg: OpcUaServer) -> Client:
@@ -336,6 +336,19 @@ async def new_client(cfg: OpcUaServer) -> Client:
                 f"opcua {cfg.name}: security setup failed: {describe_error(exc)}"
             ) from exc
     return client
+
+
+def batch_publishing_interval_ms(cfg: OpcUaServer) -> float:
+    """How often the batch fields' subscription publishes (ms): as its fastest field is sampled.
+
+    Never slower than the meters' publishing interval, never faster than
+    ``BATCH_PUBLISHING_FLOOR_MS``. An MES end written just before a server
+    restart is then out of the server's queue before the restart drops it,
+    unless the restart follows within one sampling interval.
+    """
+    fastest = min((m.sampling_interval_ms for m in cfg.batch_mappings),
+                  default=cfg.publishing_interval_ms)
+    return min(cfg.publishing_interval_ms, max(fastest, BATCH_PUBLISHING_FLOOR_MS))
 
 
 def status_name(status: ua.StatusCode | int) -> str:

@@ -18,6 +18,14 @@ order defaults sit at the top of the file; a point may override them::
     scale = 0.1
     unit = "kWh"
     kind = "counter"     # counter_bits defaults to the type's width (32)
+
+A profile may ``extends = "<name>"`` another (a shipped one, found like any
+profile): it inherits the base's points and read limits, a point with a
+channel the base has replaces that point, other points are added, and any of
+``family``, ``description``, ``max_gap``, ``max_registers`` it sets win. So
+an integrator adds a register the shipped map lacks without copying the map,
+and the added point is grouped with its neighbours under the base's
+``max_gap``, which is known to suit that device family.
 """
 
 from __future__ import annotations
@@ -75,12 +83,13 @@ class PointSpec(_Frozen):
 class Profile(_Frozen):
     """A device family's register map with its read limits."""
 
-    family: Annotated[str, Field(min_length=1)]
+    family: str = ""  # required unless it extends another profile (then: the base's)
     description: str = ""
     # devices that refuse reads spanning unmapped registers need max_gap 0
     max_gap: Annotated[int, Field(ge=0, le=MAX_REGISTERS)] = 0
     max_registers: Annotated[int, Field(ge=1, le=MAX_REGISTERS)] = MAX_REGISTERS
-    points: Annotated[tuple[PointSpec, ...], Field(min_length=1)]
+    extends: str | None = None  # a base profile, by name or path (resolve_extends)
+    points: tuple[PointSpec, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -99,6 +108,11 @@ class Profile(_Frozen):
 
     @model_validator(mode="after")
     def _unique_channels(self) -> Profile:
+        if self.extends is None and not self.family:
+            raise ValueError("family is required (unless the profile extends another)")
+        if self.extends is None and not self.points:
+            raise ValueError("points: at least one point is required (unless the profile "
+                             "extends another)")
         seen: set[str] = set()
         for p in self.points:
             if p.channel in seen:
@@ -118,6 +132,48 @@ class Profile(_Frozen):
             raise ValueError(f"profile {self.family} has no channel {', '.join(unknown)}")
         points = tuple(p for p in self.points if p.channel in channels)
         return self.model_copy(update={"points": points})
+
+
+_EXTENDS_DEPTH = 8  # a chain longer than this is a loop
+
+
+def resolve_extends(profile: Profile, search: tuple[Path, ...], base_dir: Path | None,
+                    depth: int = 0) -> Profile:
+    """``profile`` with its base's points and limits merged in (see the module docstring)."""
+    if profile.extends is None:
+        return profile
+    if depth >= _EXTENDS_DEPTH:
+        raise ConfigError(f"extends {profile.extends!r}: more than {_EXTENDS_DEPTH} levels "
+                          "(a profile that extends itself?)")
+    path = find_profile(profile.extends, search, base_dir)
+    base = resolve_extends(load_profile(path), search, path.parent, depth + 1)
+    points = {p.channel: p for p in base.points}
+    for p in profile.points:  # replaced in place, or added
+        points[p.channel] = _inherit(p, points.get(p.channel), base.points)
+    data = base.model_dump()
+    data.update({k: getattr(profile, k) for k in profile.model_fields_set
+                 if k in ("family", "description", "max_gap", "max_registers")})
+    data["points"] = [p.model_dump() for p in points.values()]
+    data["extends"] = None
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"extends {profile.extends!r}: {describe_validation(exc)}") from exc
+
+
+def _inherit(point: PointSpec, replaced: PointSpec | None,
+             base: tuple[PointSpec, ...]) -> PointSpec:
+    """``table``/``word_order`` a point does not give: the replaced point's, else the
+    base's when every base point agrees (a uniform device)."""
+    update: dict[str, Any] = {}
+    for key in ("table", "word_order"):
+        if key in point.model_fields_set:
+            continue
+        if replaced is not None:
+            update[key] = getattr(replaced, key)
+        elif len({getattr(b, key) for b in base}) == 1:
+            update[key] = getattr(base[0], key)
+    return point.model_copy(update=update) if update else point
 
 
 def load_profile(path: Path) -> Profile:

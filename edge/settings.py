@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["ConfigError", "Frozen", "describe_validation", "load_model", "read_toml"]
+from edge.wire import NAME_MAX, NAME_PATTERN
+
+__all__ = ["ConfigError", "Frozen", "Name", "describe_validation", "load_model", "read_toml"]
+
+# a site, gateway, meter, channel or asset name: the pattern ingest applies on the wire too
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
 
 
 class ConfigError(ValueError):

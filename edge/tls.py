@@ -193,6 +193,9 @@ class KafkaSecurity(Frozen):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # SASL PLAIN sends the password itself: over SASL_PLAINTEXT anyone on the path reads
+    # it. Refused unless set true (a network the operator vouches for, e.g. loopback)
+    allow_cleartext_password: bool = False
 
     _blank = field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
                              "sasl_mechanism", "sasl_username", "sasl_password",
@@ -206,6 +209,11 @@ class KafkaSecurity(Frozen):
             if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
                 raise ValueError(f"security_protocol {protocol} needs sasl_mechanism, "
                                  "sasl_username and sasl_password")
+            if (protocol == "SASL_PLAINTEXT" and self.sasl_mechanism == "PLAIN"
+                    and not self.allow_cleartext_password):
+                raise ValueError("sasl_mechanism PLAIN over SASL_PLAINTEXT sends the password "
+                                 "in clear text: use SASL_SSL (or SCRAM), or set "
+                                 "allow_cleartext_password = true on a network you trust")
         else:
             unused([n for n in ("sasl_mechanism", "sasl_username", "sasl_password")
                     if getattr(self, n) is not None],
@@ -279,6 +287,8 @@ class MqttSecurity(Frozen):
     key_file: Path | None = None  # its key (or both in cert_file)
     key_password: SecretStr | None = None  # of an encrypted key_file
     tls_insecure: bool = False  # skip the host name check (the chain is still verified)
+    # a password over mqtt:// travels in clear text: refused unless set true
+    allow_cleartext_password: bool = False
 
     _blank = field_validator("username", "password", "ca_file", "cert_file", "key_file",
                              "key_password", mode="before")(blank_is_none)
@@ -315,6 +325,9 @@ class MqttSecurity(Frozen):
     def _security_consistent(self) -> Self:
         if self.password is not None and self.username is None:
             raise ValueError("password needs username")
+        if self.password is not None and not self.tls and not self.allow_cleartext_password:
+            raise ValueError(f"a password over {self.url} travels in clear text: use mqtts://, "
+                             "or set allow_cleartext_password = true on a network you trust")
         if not self.tls:
             unused([n for n in ("ca_file", "cert_file", "key_file", "key_password")
                     if getattr(self, n) is not None]

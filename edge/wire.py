@@ -31,9 +31,13 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import stat
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, NamedTuple
 
@@ -71,7 +75,18 @@ WireReason = Literal[
     "bad_value",
     "unknown_gateway",
     "bad_signature",
+    "revoked_key",
+    "key_not_valid",
+    "not_canonical",
+    "bad_name",
 ]
+
+# Names of sites, gateways, meters and channels: what the edge's config accepts, and
+# what ingest accepts on the wire (a name with "/" or spaces would collide in topics,
+# file names and queries; one pattern everywhere).
+NAME_PATTERN: Final = r"^[A-Za-z0-9_.:\-]+$"
+NAME_MAX: Final = 200
+_NAME: Final = re.compile(NAME_PATTERN)
 
 
 class WireError(ValueError):
@@ -176,12 +191,42 @@ def private_key_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
+def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
+    """Create ``path`` (never overwrite) readable by its owner only; folders it creates
+    are 0700 (an existing folder keeps its mode)."""
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_key_pem(key))
+
+
+def check_private_key_mode(path: Path) -> None:
+    """Refuse a key file that the group or others may read or write (as ssh does)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ValueError(
+            f"signing key {path}: mode {mode:04o} lets group or others read it; "
+            f"only its owner may (chmod 600 {path})")
+
+
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Load a gateway's PKCS8 PEM Ed25519 signing key; errors name the file."""
+    """Load a gateway's PKCS8 PEM Ed25519 signing key; errors name the file.
+
+    A file readable by group or others is refused (ValueError): whoever reads it can
+    sign frames as this gateway.
+    """
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise ValueError(f"signing key {path}: cannot load an Ed25519 PEM key: {exc}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"signing key {path}: cannot load an Ed25519 PEM key: {exc}") from exc
+    check_private_key_mode(path)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"signing key {path}: expected Ed25519, got {type(key).__name__}")
     return key
@@ -395,27 +440,132 @@ def signed_body(data: bytes) -> memoryview:
     return view[HEADER_BYTES:]
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayKey:
+    """One of a gateway's public keys and when it may sign.
+
+    A frame verifies under it when its ``sent_ns`` (signed, so not forgeable without
+    the key) lies in [valid_from_ns, valid_until_ns); None is open. Several keys
+    with overlapping periods rotate a gateway's key without downtime. A revoked key
+    verifies nothing, whatever the time: its holder may write any ``sent_ns``.
+    """
+
+    public: Ed25519PublicKey
+    valid_from_ns: int | None = None
+    valid_until_ns: int | None = None
+    revoked: bool = False
+    name: str = ""  # how messages name it (the base64 public key)
+
+    def valid_at(self, sent_ns: int) -> bool:
+        return not self.revoked and (
+            (self.valid_from_ns is None or sent_ns >= self.valid_from_ns)
+            and (self.valid_until_ns is None or sent_ns < self.valid_until_ns))
+
+
+# a gateway's keys: one key valid forever, or its rotation list
+KeyRing = Ed25519PublicKey | Sequence[GatewayKey]
+
+
+def _verifies(key: Ed25519PublicKey, signature: bytes, body: bytes) -> bool:
+    try:
+        key.verify(signature, body)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _verify(ring: KeyRing, signature: bytes, body: bytes, sent_ns: int, where: str) -> None:
+    """The signature verifies under a key valid at ``sent_ns``, or WireError says why not."""
+    if isinstance(ring, Ed25519PublicKey):
+        if not _verifies(ring, signature, body):
+            raise WireError("bad_signature", f"{where}: signature does not verify")
+        return
+    if any(k.valid_at(sent_ns) and _verifies(k.public, signature, body) for k in ring):
+        return
+    # the error path only: name the key that did sign, when it is one of the gateway's
+    for k in ring:
+        if k.valid_at(sent_ns) or not _verifies(k.public, signature, body):
+            continue
+        if k.revoked:
+            raise WireError("revoked_key", f"{where}: signed by revoked key {k.name}")
+        raise WireError("key_not_valid", f"{where}: signed by key {k.name}, not valid at "
+                                         f"sent_ns {sent_ns}")
+    raise WireError("bad_signature", f"{where}: signature does not verify")
+
+
+def _non_nfc(value: Any) -> str | None:
+    """The first string in a decoded body that is not in Unicode NFC, or None."""
+    if isinstance(value, str):
+        return None if unicodedata.is_normalized("NFC", value) else value
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for k, v in items:
+        bad = _non_nfc(k) if isinstance(k, str) else None
+        bad = bad if bad is not None else _non_nfc(v)
+        if bad is not None:
+            return bad
+    return None
+
+
+def _check_canonical(body: dict[str, Any], body_bytes: bytes, where: str) -> None:
+    """The signed bytes are the one encoding of what they say: re-encoding gives them back.
+
+    So a duplicate key (the decoder keeps one of them), whitespace, escapes where
+    UTF-8 belongs or an unsorted key are refused, and so is a string that is not NFC
+    (two spellings of one name would otherwise be two meters).
+    """
+    if orjson.dumps(body, option=orjson.OPT_SORT_KEYS) != body_bytes:
+        raise WireError("not_canonical", f"{where}: body is not canonical JSON (sorted keys, "
+                                         "no whitespace, no duplicate keys, UTF-8 unescaped)")
+    if not body_bytes.isascii():
+        bad = _non_nfc(body)
+        if bad is not None:
+            raise WireError("not_canonical", f"{where}: string {bad!r} is not Unicode NFC")
+
+
+@lru_cache(maxsize=1 << 16)
+def valid_name(name: str) -> bool:
+    """Whether ``name`` follows the name pattern (sites, gateways, meters, channels)."""
+    return len(name) <= NAME_MAX and _NAME.fullmatch(name) is not None
+
+
+def _check_names(msg: Message, where: str) -> None:
+    names: list[tuple[str, Iterable[str]]] = [("site", (msg.site,)), ("gateway", (msg.gateway,))]
+    if isinstance(msg, Frame):
+        names += [("meter", set(msg.meter)), ("channel", set(msg.channel))]
+    for field_name, values in names:
+        bad = next((v for v in values if not valid_name(v)), None)
+        if bad is not None:
+            raise WireError("bad_name", f"{where}: {field_name} {bad[:60]!r} does not match "
+                                        f"{NAME_PATTERN} (at most {NAME_MAX} characters)")
+
+
 def decode(
     data: bytes,
-    keys: Mapping[str, Ed25519PublicKey],
+    keys: Mapping[str, KeyRing],
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Message:
-    """Check and decode one envelope; ``keys`` maps gateway id to its public key.
+    """Check and decode one envelope; ``keys`` maps gateway id to its key(s).
 
     Raises WireError naming what is wrong: size, envelope, JSON, version, a
-    missing or mistyped field, a non-finite number, an unknown gateway or a
-    signature that does not verify.
+    missing or mistyped field, a non-finite number, an unknown gateway, a
+    signature that does not verify under a valid key, a body that is not in
+    canonical form, or a name outside the name pattern.
     """
     signature, body_bytes = split_envelope(bytes(data), max_bytes)
     body, where = _decode_body(body_bytes)
     gateway = body["gateway"]
-    key = keys.get(gateway)
-    if key is None:
+    ring = keys.get(gateway)
+    if ring is None or (not isinstance(ring, Ed25519PublicKey) and not ring):
         raise WireError("unknown_gateway", f"gateway {gateway!r} has no registered key")
-    try:
-        key.verify(signature, body_bytes)
-    except InvalidSignature:
-        raise WireError("bad_signature", f"{where}: signature does not verify") from None
+    _verify(ring, signature, body_bytes, body["sent_ns"], where)
+    _check_canonical(body, body_bytes, where)
+    msg = _decode_stream(body, where)
+    _check_names(msg, where)
+    return msg
+
+
+def _decode_stream(body: dict[str, Any], where: str) -> Message:
     stream = body.get("stream")
     if stream == "readings":
         return _decode_readings(body, where)

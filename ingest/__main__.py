@@ -6,6 +6,7 @@
     python -m ingest bridge --config server.toml      # MQTT → Kafka bridge
     python -m ingest dlq list|redrive --config server.toml ...    # ingest.ops_dlq_cli
     python -m ingest ledger reset --config server.toml ...        # ingest.ops_ledger
+    python -m ingest archive verify --config server.toml ...      # ingest.archive
 
 ``migrate`` and ``refresh`` take the owner's DSN (``--dsn`` or ``PLANTPRINT_DSN``
 or the config's); the consumer and the bridge never need more than
@@ -31,7 +32,7 @@ logger = logging.getLogger("ingest")
 
 
 # operator commands with their own sub-commands and options (``python -m ingest dlq -h``)
-OPERATOR_COMMANDS = ("dlq", "ledger")
+OPERATOR_COMMANDS = ("dlq", "ledger", "archive")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,6 +131,10 @@ def _operator_command(command: str, argv: list[str]) -> int:
         from ingest.ops_dlq_cli import main as dlq_main
 
         return dlq_main(argv)
+    if command == "archive":
+        from ingest.archive import main as archive_main
+
+        return archive_main(argv)
     from ingest.ops_ledger import main as ledger_main
 
     return ledger_main(argv)

@@ -7,10 +7,20 @@ client id) to ``<root>/+/+/readings`` and ``<root>/+/+/batches``, topics named
 site. The MQTT acknowledgement (``manual_ack``) is sent only after Kafka
 acknowledged the record and the ledger recorded it, so a crash never loses a
 message, and the ledger (``ingest.bridge_ledger``) makes a redelivery after a
-crash not produce it twice. The ledger's key is the envelope's claimed
-(gateway, stream, seq), read by ``edge.wire.peek_header`` (the bridge has no
-gateway keys; ingest verifies). Messages whose key cannot be read are
-forwarded as they are: ingest puts them in the DLQ.
+crash not produce it twice.
+
+The bridge verifies before it remembers: a message is forwarded, and its
+(gateway, stream, seq) written to the ledger, only when ``edge.wire.decode``
+accepts it under the gateway's keys and the topic's site and gateway are the
+body's (and the gateway is bound to that site). Anything else — a forged or
+zero signature, a topic naming another gateway, a payload over ``[limits]
+max_frame_bytes``, a record Kafka refuses for its size — is acknowledged,
+dead-lettered to ``<prefix>dlq`` with its reason (source topic ``mqtt:<topic>``)
+and not forwarded, so a forged envelope can never make the bridge skip the
+genuine frames it claims to be. Dead letters are sent and MQTT acknowledged on
+the bridge's main thread, never on paho's network thread; an unexpected error
+in a callback is logged and stops the bridge (exit 2) instead of silently
+killing paho's thread.
 
 Both sides may use TLS: the Kafka clients take ``[kafka]``'s security settings
 (``KafkaConfig.client_config``), the MQTT client ``[bridge]``'s ``url``
@@ -24,23 +34,32 @@ distinct reason).
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.tls import MQTT_TLS_KEYS, tls_problem
-from edge.wire import peek_header
+from edge.wire import WireError, decode, peek_gateway, peek_header
 from ingest.bridge_ledger import BridgeLedger, Key
 from ingest.config import ServerConfig
+from ingest.dlq import DeadLetter, DeadLetterQueue
 from ingest.errors import IngestError
 from ingest.kafka_wait import wait_for_kafka
 from ingest.metrics import (
+    BRIDGE_DEAD_LETTERED,
     BRIDGE_FORWARDED,
     BRIDGE_INFLIGHT,
     BRIDGE_KAFKA_ERRORS,
@@ -58,10 +77,27 @@ class BridgeError(IngestError):
     """Kafka refused a record or MQTT failed: the bridge stops, MQTT keeps the messages."""
 
 
+# Kafka errors that are the record's own fault: it is dead-lettered, not retried for ever
+RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+
+
 def message_key(payload: bytes) -> Key | None:
     """The ledger key (gateway, stream, seq) an envelope claims, or None when unreadable."""
     header = peek_header(payload)
     return None if header is None else (header.gateway, header.stream, header.seq)
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """An MQTT message the bridge will not forward: dead-letter it, then acknowledge it."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    reason: str
+    detail: str
+    key: Key | None = None  # its ledger ``pending`` entry, when it had one
 
 
 class Bridge:
@@ -76,6 +112,11 @@ class Bridge:
         self._producer: KafkaProducer | None = None
         self._client: mqtt.Client | None = None
         self._mqtt_problem: str | None = None  # last TLS refusal logged
+        self._keys = cfg.public_keys()
+        self._sites = {gw: g.site for gw, g in cfg.gateways.items()}
+        # refused messages, dead-lettered and acknowledged by the main thread (run)
+        self._refused: queue.Queue[_Refused] = queue.Queue()
+        self._dlq: DeadLetterQueue | None = None
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> bool:
@@ -114,6 +155,8 @@ class Bridge:
                 client_id=self._b.client_id,
                 bootstrap_timeout_ms=int(self.cfg.kafka.connect_timeout_s * 1000),
             )
+            self._dlq = DeadLetterQueue(self._producer, self.cfg.kafka.topic("dlq"),
+                                        self.cfg.kafka.dlq_max_bytes)
         self._recover()
 
     def _wait_for_kafka(self) -> bool:
@@ -123,8 +166,33 @@ class Bridge:
 
     def run(self) -> None:
         while not self._stop.wait(0.2):
+            self._dead_letter_refused()
             if self._error is not None:
                 raise BridgeError(f"bridge stopped: {self._error}") from self._error
+
+    def _dead_letter_refused(self) -> None:
+        """Dead-letter refused messages (acknowledged by Kafka), then acknowledge them to MQTT.
+
+        A DLQ Kafka does not acknowledge stops the bridge: the message stays with the MQTT
+        broker and comes again at the next start.
+        """
+        assert self._dlq is not None and self._client is not None
+        while True:
+            try:
+                r = self._refused.get_nowait()
+            except queue.Empty:
+                return
+            gateway = peek_gateway(r.payload) if len(r.payload) <= (1 << 20) else None
+            try:
+                self._dlq.send_all([DeadLetter(r.payload, None, r.reason, r.detail,
+                                               f"mqtt:{r.topic}", -1, r.mid, gateway)])
+            except Exception as exc:  # any failure: stop, MQTT keeps the message
+                self._error = exc
+                return
+            if r.key is not None and self.ledger is not None:
+                self.ledger.abandon(r.key)
+            BRIDGE_DEAD_LETTERED.labels(r.reason).inc()
+            self._client.ack(r.mid, r.qos)
 
     def stop(self) -> None:
         self._stop.set()
@@ -217,31 +285,73 @@ class Bridge:
         self._mqtt_problem = problem
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's thread: an exception here would end paho's network loop, so none leaves."""
+        try:
+            self._forward(client, msg)
+        except Exception as exc:  # reported; the bridge stops (exit 2)
+            logger.exception("bridge callback failed on a message of %s", msg.topic)
+            self._error = exc
+
+    def _forward(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         assert self.ledger is not None and self._producer is not None
         parts = msg.topic.split("/")
         if len(parts) != 4 or parts[3] not in STREAMS:
             logger.warning("ignoring MQTT topic %s", msg.topic)
             client.ack(msg.mid, msg.qos)
             return
-        site, stream = parts[1], parts[3]
+        site, gateway, stream = parts[1], parts[2], parts[3]
         payload = bytes(msg.payload)
+        refusal = self._verify(payload, site, gateway, stream)
+        if refusal is not None:
+            self._refuse(_Refused(msg.topic, payload, msg.mid, msg.qos, *refusal))
+            return
         key = message_key(payload)
-        if key is not None:
-            if self.ledger.seen(key):
-                BRIDGE_SKIPPED.labels(stream).inc()
-                client.ack(msg.mid, msg.qos)
+        assert key is not None  # decode accepted it
+        if self.ledger.seen(key):
+            BRIDGE_SKIPPED.labels(stream).inc()
+            client.ack(msg.mid, msg.qos)
+            return
+        with self._lock:
+            if key in self._inflight:  # redelivered while the first copy is in flight
+                self._inflight[key].append(msg.mid)
                 return
-            with self._lock:
-                if key in self._inflight:  # redelivered while the first copy is in flight
-                    self._inflight[key].append(msg.mid)
-                    return
-                self._inflight[key] = [msg.mid]
-            self.ledger.begin(key)
+            self._inflight[key] = [msg.mid]
+        self.ledger.begin(key)
         BRIDGE_INFLIGHT.inc()
-        future = self._producer.send(self.cfg.kafka.topic(stream), value=payload,
-                                     key=site.encode())
+        try:
+            future = self._producer.send(self.cfg.kafka.topic(stream), value=payload,
+                                         key=site.encode())
+        except RECORD_ERRORS as exc:  # refused before sending (e.g. over max_request_size)
+            BRIDGE_INFLIGHT.dec()
+            with self._lock:
+                self._inflight.pop(key, None)
+            self._refuse(_Refused(msg.topic, payload, msg.mid, msg.qos, "too_large",
+                                  f"Kafka refused the record: {exc}", key))
+            return
         future.add_callback(self._on_kafka_ack, client, key, msg.mid, msg.qos, stream)
-        future.add_errback(self._on_kafka_error, msg.topic)
+        future.add_errback(self._on_kafka_error, msg, key)
+
+    def _verify(self, payload: bytes, site: str, gateway: str, stream: str
+                ) -> tuple[str, str] | None:
+        """(reason, detail) when the message must not be forwarded; None when it may."""
+        limit = self.cfg.limits.max_frame_bytes
+        try:
+            message = decode(payload, self._keys, limit)
+        except WireError as exc:
+            return exc.reason, str(exc)
+        claimed = (message.site, message.gateway, message.stream)
+        if claimed != (site, gateway, stream):
+            return "not_bound", (f"topic names site {site}, gateway {gateway}, stream {stream}; "
+                                 f"the signed body says {claimed[0]}, {claimed[1]}, {claimed[2]}")
+        if self._sites.get(gateway) != site:
+            return "not_bound", (f"gateway {gateway} is bound to site {self._sites.get(gateway)}"
+                                 f", not {site}")
+        return None
+
+    def _refuse(self, refused: _Refused) -> None:
+        logger.warning("not forwarding MQTT message on %s (%d bytes): %s: %s", refused.topic,
+                       len(refused.payload), refused.reason, refused.detail[:300])
+        self._refused.put(refused)
 
     def _on_kafka_ack(self, client: mqtt.Client, key: Key | None, mid: int, qos: int,
                       stream: str, meta: Any) -> None:
@@ -256,10 +366,17 @@ class Bridge:
         for m in mids:
             client.ack(m, qos)
 
-    def _on_kafka_error(self, topic: str, exc: BaseException) -> None:
+    def _on_kafka_error(self, msg: mqtt.MQTTMessage, key: Key, exc: BaseException) -> None:
         BRIDGE_INFLIGHT.dec()
         BRIDGE_KAFKA_ERRORS.inc()
-        logger.error("Kafka refused a message from %s: %s", topic, exc)
+        with self._lock:
+            mids = self._inflight.pop(key, [msg.mid])
+        if isinstance(exc, RECORD_ERRORS):  # this record's fault: dead-letter it, go on
+            for mid in mids:
+                self._refuse(_Refused(msg.topic, bytes(msg.payload), mid, msg.qos,
+                                      "too_large", f"Kafka refused the record: {exc}", key))
+            return
+        logger.error("Kafka refused a message from %s: %s", msg.topic, exc)
         self._error = exc
 
 

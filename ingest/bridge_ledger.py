@@ -91,6 +91,11 @@ class BridgeLedger:
             (self._window,),
         )
 
+    def abandon(self, key: Key) -> None:
+        """A message begun but dead-lettered instead of forwarded: no longer pending."""
+        with self._lock:
+            self._db.execute("DELETE FROM pending WHERE gateway=? AND stream=? AND seq=?", key)
+
     def pending(self) -> set[Key]:
         with self._lock:
             return set(self._db.execute("SELECT gateway, stream, seq FROM pending").fetchall())

@@ -33,15 +33,19 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
-from edge.wire import Frame, WireError, decode, peek_gateway
+from edge.wire import Frame, peek_gateway
 from ingest import metrics
+from ingest.accept import Acceptance, Refused
+from ingest.archive import EnvelopeArchive
 from ingest.config import ServerConfig
 from ingest.dbretry import with_reconnect
 from ingest.dlq import DeadLetter, DeadLetterQueue
 from ingest.errors import StoreError, StoreUnavailable
+from ingest.kafka_bounds import UnreadableBatch, unreadable_partition
+from ingest.kafka_bounds import install as install_expansion_bound
 from ingest.kafka_wait import wait_for_kafka
 from ingest.landing import LandingWorker
-from ingest.screen import Limits, screen
+from ingest.screen import Limits
 from ingest.store import (
     Accepted,
     Conflict,
@@ -86,7 +90,9 @@ class IngestConsumer:
 
     def __init__(self, cfg: ServerConfig, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.cfg = cfg
-        self._keys = cfg.public_keys()
+        self._acceptance = Acceptance.from_config(cfg)
+        install_expansion_bound(cfg.limits.max_expanded_bytes)
+        self._archive = EnvelopeArchive(cfg.archive.dir) if cfg.archive.dir else None
         self._commissioning = cfg.commissioning_ns()
         self._clock_ns = clock_ns
         self._topics = [cfg.kafka.topic("readings"), cfg.kafka.topic("batches")]
@@ -161,7 +167,11 @@ class IngestConsumer:
     # ------------------------------------------------------------------ one poll
     def poll_once(self, timeout_ms: int = 500) -> int:
         assert self._consumer is not None, "start() first"
-        polled = self._consumer.poll(timeout_ms=timeout_ms)
+        try:
+            polled = self._consumer.poll(timeout_ms=timeout_ms)
+        except UnreadableBatch as exc:
+            self._skip_unreadable(exc)
+            return 0
         records = {(tp.topic, tp.partition): recs for tp, recs in polled.items()}
         for tp in self._seek_new_assignments():
             records.pop(tp, None)  # fetched from Kafka's idea of the position: refetch
@@ -172,6 +182,22 @@ class IngestConsumer:
             self._send_dead(dead)
         self._worker.submit(accepted, offsets)
         return sum(map(len, records.values()))
+
+    def _skip_unreadable(self, exc: UnreadableBatch) -> None:
+        """A batch kafka-python cannot expand within the bound: dead-letter a note of it
+        (the value is empty: the bytes never existed expanded) and store the offset after it
+        with the landing order, so neither this process nor a restart reads it again."""
+        assert self._consumer is not None
+        tp = unreadable_partition(self._consumer, exc)
+        if tp is None:
+            raise exc  # which partition is not certain: stop rather than skip a guess
+        self._send_dead([DeadLetter(b"", None, exc.reason, exc.detail, tp[0], tp[1],
+                                    exc.base_offset)])
+        self._worker.submit([], {tp: exc.next_offset})
+        self._worker.drain()
+        self._consumer.seek(TopicPartition(*tp), exc.next_offset)
+        logger.error("skipped %s/%d offsets %d..%d: %s", tp[0], tp[1], exc.base_offset,
+                     exc.next_offset - 1, exc.detail)
 
     def _retry(self, action: Callable[[], Any]) -> Any:
         return with_reconnect(
@@ -219,19 +245,18 @@ class IngestConsumer:
         value: bytes = rec.value or b""
         where = (rec.topic, rec.partition, rec.offset)
         try:
-            msg = decode(value, self._keys, self.cfg.limits.max_frame_bytes)
-        except WireError as exc:
-            gateway = peek_gateway(value) if len(value) <= self.cfg.limits.max_frame_bytes else None
-            dead.append(DeadLetter(value, rec.key, exc.reason, str(exc), *where, gateway))
+            msg, verdict = self._acceptance.admit(value, limits)
+        except Refused as exc:
+            gateway = exc.gateway
+            if gateway is None and len(value) <= self.cfg.limits.max_frame_bytes:
+                gateway = peek_gateway(value)
+            dead.append(DeadLetter(value, rec.key, exc.reason, exc.detail, *where, gateway))
             return
-        verdict = screen(msg, limits)
         if verdict.reason is not None:
             total = len(msg) if isinstance(msg, Frame) else len(msg.events)
             cut = total - len(verdict.keep or []) if verdict.keep is not None else total
             dead.append(DeadLetter(value, rec.key, verdict.reason, verdict.detail, *where,
                                    msg.gateway, f"{cut}/{total}"))
-            if verdict.rejects_all and verdict.reason == "bad_value":
-                return  # unstorable: the frame is not recorded as seen either
         accepted.append(Accepted(msg, rec.topic, rec.partition, rec.offset, verdict.keep,
                                  value, rec.key, body_digest(value)))
 
@@ -244,7 +269,8 @@ class IngestConsumer:
     def _land(self, accepted: list[Accepted], offsets: dict[TP, int]) -> None:
         try:
             result: LandResult = self._retry(
-                lambda: self.store.land(accepted, offsets, self._dead_letter_conflicts))
+                lambda: self.store.land(accepted, offsets, self._dead_letter_conflicts,
+                                        self._archive_new))
         except StoreUnavailable:
             raise
         except StoreError as exc:
@@ -257,8 +283,8 @@ class IngestConsumer:
         for a in accepted:
             tp_next = {(a.topic, a.partition): a.offset + 1}
             try:
-                result = self._retry(
-                    partial(self.store.land, [a], tp_next, self._dead_letter_conflicts))
+                result = self._retry(partial(self.store.land, [a], tp_next,
+                                             self._dead_letter_conflicts, self._archive_new))
                 self._count(result)
             except StoreUnavailable:
                 raise
@@ -267,11 +293,17 @@ class IngestConsumer:
                                             a.partition, a.offset, a.message.gateway)])
         self._retry(lambda: self.store.land([], offsets))
 
+    def _archive_new(self, new: list[Accepted]) -> None:
+        """Inside the landing transaction: the envelopes are on disk before the rows commit."""
+        if self._archive is not None:
+            self._archive.append([a.raw for a in new])
+
     def _dead_letter_conflicts(self, conflicts: list[Conflict]) -> None:
         """Inside the landing transaction: the DLQ has them before their offsets commit."""
         self._send_dead([
-            DeadLetter(c.accepted.raw, c.accepted.key, "seq_conflict", c.detail, c.accepted.topic,
-                       c.accepted.partition, c.accepted.offset, c.accepted.message.gateway)
+            DeadLetter(c.accepted.raw, c.accepted.key, c.reason, c.detail, c.accepted.topic,
+                       c.accepted.partition, c.accepted.offset, c.accepted.message.gateway,
+                       c.rejected)
             for c in conflicts
         ])
 
@@ -291,6 +323,16 @@ def _report_conflicts(conflicts: list[Conflict]) -> None:
     """One warning per gateway and stream per batch (a restarted gateway conflicts a lot)."""
     by_stream: dict[tuple[str, str], list[int]] = {}
     for c in conflicts:
+        gateway = c.accepted.message.gateway
+        if c.reason == "reading_conflict":
+            assert c.rejected is not None
+            metrics.READING_CONFLICTS.labels(gateway).inc(int(c.rejected.split("/")[0]))
+            logger.warning("%s", c.detail)
+            continue
+        if c.reason == "replayed":
+            metrics.REPLAYED.labels(gateway).inc()
+            logger.warning("%s", c.detail)
+            continue
         gateway, stream, seq = frame_key(c.accepted)
         by_stream.setdefault((gateway, stream), []).append(seq)
     for (gateway, stream), seqs in sorted(by_stream.items()):

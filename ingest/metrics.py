@@ -29,6 +29,17 @@ SEQ_CONFLICTS = Counter(
     "Frames under an already-landed sequence number with different content (sent to the DLQ)",
     ["gateway", "stream"],
 )
+READING_CONFLICTS = Counter(
+    "plantprint_ingest_reading_conflicts",
+    "Readings whose key (site, meter, channel, ts) already held another gateway's or another "
+    "value: not landed, their frame dead-lettered as reading_conflict",
+    ["gateway"],
+)
+REPLAYED = Counter(
+    "plantprint_ingest_replayed",
+    "Frames whose signed body a ledger reset retired, sent again (DLQ replayed)",
+    ["gateway"],
+)
 KAFKA_CONNECT_RETRIES = Counter(
     "plantprint_ingest_kafka_connect_retries", "Attempts to reach Kafka that failed at startup"
 )
@@ -41,6 +52,12 @@ DB_REFUSALS = Counter(
 )
 BRIDGE_FORWARDED = Counter(
     "plantprint_bridge_forwarded", "MQTT messages forwarded to Kafka", ["stream"]
+)
+BRIDGE_DEAD_LETTERED = Counter(
+    "plantprint_bridge_dead_lettered",
+    "MQTT messages not forwarded (signature, topic/body mismatch, binding, size) but "
+    "dead-lettered, then acknowledged",
+    ["reason"],
 )
 BRIDGE_SKIPPED = Counter(
     "plantprint_bridge_skipped", "Redelivered MQTT messages already in Kafka", ["stream"]

@@ -19,22 +19,20 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, get_args
+from typing import Any, Final
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from edge.wire import WireReason
+from ingest.accept import DLQ_REASONS
 from ingest.config import KafkaConfig
 from ingest.errors import IngestError
 from ingest.kafka_wait import UNREACHABLE, kafka_library_quiet, tls_problem
 
 logger = logging.getLogger(__name__)
 
-# every pp.reason ingest writes: the wire's (edge.wire.WireReason), the time screen's
-# (ingest.screen), and the landing's (store_rejected, seq_conflict: ingest.consumer)
-KNOWN_REASONS: Final = (*get_args(WireReason), "future_timestamp", "before_commissioning",
-                        "store_rejected", "seq_conflict")
+# every pp.reason ingest and its bridge write (the taxonomy lives in ingest.accept)
+KNOWN_REASONS: Final = DLQ_REASONS
 DEFAULT_IDLE_S: Final = 2.0
 POLL_MS: Final = 200
 SEND_TIMEOUT_S: Final = 30.0

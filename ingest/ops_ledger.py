@@ -49,10 +49,20 @@ _DELETE = {
     "gateway_seq": "DELETE FROM gateway_seq WHERE " + _WHERE + " RETURNING gateway, stream, "
                    "first_seq, highest_seq, frames, missing::text AS missing, missing_count, "
                    "updated_at",
-    "ingested_frame": "DELETE FROM ingested_frame WHERE " + _WHERE + " RETURNING gateway, "
-                      "stream, seq, site, items, rejected, topic, kafka_partition, "
-                      "kafka_offset, received_at, encode(body_sha256, 'hex') AS body_sha256",
+    # each deleted frame's body digest is retired (migration 0010): those bytes never land
+    # again, so a captured frame replayed after the reset cannot take a new frame's seq
+    "ingested_frame": "WITH d AS (DELETE FROM ingested_frame WHERE " + _WHERE + " RETURNING *), "
+                      "r AS (INSERT INTO retired_frame (gateway, stream, seq, epoch, body_sha256) "
+                      "SELECT gateway, stream, seq, %(epoch)s, body_sha256 FROM d "
+                      "WHERE body_sha256 IS NOT NULL) "
+                      "SELECT gateway, stream, seq, site, items, rejected, topic, "
+                      "kafka_partition, kafka_offset, received_at, "
+                      "encode(body_sha256, 'hex') AS body_sha256 FROM d",
 }
+_FORGET_COMPUTE = "DELETE FROM compute_frame WHERE " + _WHERE
+_EPOCH = "SELECT coalesce(max(epoch), 0) + 1 FROM gateway_epoch WHERE gateway = %(gw)s"
+_NEW_EPOCH = """INSERT INTO gateway_epoch (gateway, epoch, stream, frames_retired, export_file)
+VALUES (%(gw)s, %(epoch)s, %(stream)s, %(frames)s, %(export)s)"""
 KEPT = ("reading and batch_event rows already landed are kept (not touched): a re-driven "
         "frame adds only the rows not already there (their primary keys)")
 
@@ -88,17 +98,20 @@ def reset_ledger(dsn: str, gateway: str, export: Path, stream: str | None = None
 
 def _reset(conn: psycopg.Connection, dsn: str, gateway: str, export: Path,
            stream: str | None) -> ResetResult:
-    params = {"gw": gateway, "stream": stream}
+    params: dict[str, Any] = {"gw": gateway, "stream": stream, "export": str(export)}
     who, session_user, when, may_delete = _identity(conn)
     if not may_delete:
-        raise IngestError(f"database role {who} may not DELETE from ingested_frame and "
-                          "gateway_seq (plantprint_writer has no DELETE): run ledger reset as "
+        raise IngestError(f"database role {who} may not DELETE from ingested_frame, "
+                          "gateway_seq and compute_frame (plantprint_writer has no DELETE): "
+                          "run ledger reset as "
                           "the database owner (--dsn or PLANTPRINT_DSN); nothing was deleted")
     streams, seq_rows = _counts(conn, params)
     if not streams and not seq_rows:
         raise IngestError(_no_such_gateway(conn, gateway, stream, dsn))
+    row = conn.execute(_EPOCH, params).fetchone()
+    params["epoch"] = int(row[0]) if row else 1
     header = {
-        "kind": "plantprint ledger reset", "when": when, "who": who,
+        "kind": "plantprint ledger reset", "when": when, "who": who, "epoch": params["epoch"],
         "session_user": session_user, "os_user": _os_user(), "host": socket.gethostname(),
         "database": describe_dsn(dsn), "gateway": gateway, "stream": stream,
         "counts": {"ingested_frame": sum(s["frames"] for s in streams.values()),
@@ -127,7 +140,8 @@ def _identity(conn: psycopg.Connection) -> tuple[str, str, datetime, bool]:
     row = conn.execute(
         "SELECT current_user::text, session_user::text, now(), "
         "has_table_privilege('ingested_frame', 'DELETE') "
-        "AND has_table_privilege('gateway_seq', 'DELETE')").fetchone()
+        "AND has_table_privilege('gateway_seq', 'DELETE') "
+        "AND has_table_privilege('compute_frame', 'DELETE')").fetchone()
     assert row is not None
     return row[0], row[1], row[2], bool(row[3])
 
@@ -170,6 +184,11 @@ def _export_and_delete(conn: psycopg.Connection, f: IO[bytes], header: dict[str,
                 seq_rows.append(row)
     if deleted != header["counts"]:  # one snapshot makes this impossible; never commit if so
         raise IngestError(f"deleted {deleted} but counted {header['counts']}; rolled back")
+    conn.execute(_NEW_EPOCH, {**params, "frames": deleted["ingested_frame"]})
+    # compute keeps its own ledger of the frames it used (migration 0009): the new epoch's
+    # frames re-use the sequence numbers, so compute forgets the old ones too; their
+    # bodies are retired above, so a replay is refused by compute as by ingest
+    conn.execute(_FORGET_COMPUTE, params)
     f.flush()
     os.fsync(f.fileno())  # the export is on disk before the rows are gone
     return seq_rows
@@ -225,6 +244,8 @@ def report(result: ResetResult, export: Path, out: TextIO) -> None:
         f"exported {h['counts']['ingested_frame']} ingested_frame and "
         f"{h['counts']['gateway_seq']} gateway_seq row(s) to {export} (JSON lines; the first "
         "line is the header)",
+        f"epoch {h['epoch']} of gateway {h['gateway']} started: the deleted frames' bodies are "
+        "retired (retired_frame); sent again they are dead-lettered as replayed",
         KEPT,
         "next: python -m ingest dlq redrive --config <server.toml> --gateway "
         f"{h['gateway']} --reason seq_conflict",

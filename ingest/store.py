@@ -57,6 +57,23 @@ _FRAMES = """INSERT INTO ingested_frame (gateway, stream, seq, site, items, reje
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::int[], %s::int[],
                      %s::text[], %s::int[], %s::bigint[], %s::bytea[])
 ON CONFLICT DO NOTHING RETURNING gateway, stream, seq"""
+# Frames whose signed body a `ledger reset` retired (migration 0010): replays.
+_RETIRED = """SELECT DISTINCT body_sha256, gateway, epoch FROM retired_frame
+WHERE body_sha256 = ANY(%s::bytea[])"""
+# Readings whose key already held another gateway's or another value (after the
+# ON CONFLICT DO NOTHING insert, so `reading` holds what landed; a row that is its
+# own landed copy has the same gateway and seq and is skipped).
+_CONFLICTING = """SELECT s.gateway, s.seq, s.meter, s.channel, s.ts, s.value, s.unit,
+       r.gateway, r.seq, r.value, r.unit
+FROM {source} JOIN reading r USING (site, meter, channel, ts)
+WHERE (r.gateway, r.seq) IS DISTINCT FROM (s.gateway, s.seq)
+  AND (r.gateway <> s.gateway OR r.value IS DISTINCT FROM s.value OR r.unit <> s.unit
+       OR r.quality <> s.quality)"""
+_STAGED = "stage_reading s"
+_UNNESTED = f"""(SELECT site, gateway, seq, meter, channel, {_TS} AS ts, value, unit, quality
+FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bigint[],
+            %s::float8[], %s::text[], %s::text[])
+     AS t(site, gateway, seq, meter, channel, ts_ns, value, unit, quality)) s"""
 # Only run when a batch held frames already in the ledger: their stored digests.
 _STORED = """SELECT gateway, stream, seq, body_sha256, topic, kafka_partition, kafka_offset
 FROM ingested_frame JOIN unnest(%s::text[], %s::text[], %s::bigint[]) AS k(gateway, stream, seq)
@@ -133,14 +150,25 @@ def frame_key(a: Accepted) -> FrameKey:
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """A frame whose (gateway, stream, seq) is in the ledger under a different body."""
+    """A frame the database shows cannot land (whole or in part); ``reason`` is its DLQ reason.
+
+    ``seq_conflict``: its (gateway, stream, seq) is in the ledger under a different body;
+    ``replayed``: its body is one a ``ledger reset`` retired; ``reading_conflict``: some of
+    its readings' keys (site, meter, channel, ts) hold another gateway's or another value
+    (the frame is in the ledger, its other readings landed, the stored rows are untouched).
+    """
 
     accepted: Accepted
     stored_digest: bytes
     stored_at: str  # topic/partition@offset of the frame that holds the key
+    reason: str = "seq_conflict"
+    note: str = ""  # replayed / reading_conflict: what the database showed
+    rejected: str | None = None  # reading_conflict: "cut/total"
 
     @property
     def detail(self) -> str:
+        if self.reason != "seq_conflict":
+            return self.note
         g, s, q = frame_key(self.accepted)
         return (
             f"sequence conflict: gateway {g} stream {s} seq {q} already landed with a different "
@@ -159,16 +187,18 @@ class LandResult:
     events: int = 0
     seq_state: list[tuple[str, str, int, int]] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
+    new: list[Accepted] = field(default_factory=list)  # frames new to the ledger
     # (topic, outcome) -> messages; outcome: landed | partial (time screen cut items) | duplicate
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def tally(self, new: Sequence[Accepted], accepted: Sequence[Accepted]) -> None:
         """Count each message's outcome under its own topic."""
         fresh = {id(a) for a in new}
-        conflicting = {id(c.accepted) for c in self.conflicts}
+        partial = {id(c.accepted) for c in self.conflicts if c.reason == "reading_conflict"}
+        conflicting = {id(c.accepted) for c in self.conflicts} - partial
         for a in accepted:
             if id(a) in fresh:
-                outcome = "landed" if a.keep is None else "partial"
+                outcome = "landed" if a.keep is None and id(a) not in partial else "partial"
             elif id(a) in conflicting:
                 continue  # dead-lettered (seq_conflict), counted as dlq
             else:
@@ -280,11 +310,13 @@ class Store:
         return stored
 
     def land(self, accepted: Sequence[Accepted], offsets: dict[TopicPartition, int],
-             on_conflicts: Callable[[list[Conflict]], None] | None = None) -> LandResult:
+             on_conflicts: Callable[[list[Conflict]], None] | None = None,
+             on_new: Callable[[list[Accepted]], None] | None = None) -> LandResult:
         """Land one batch and its offsets in one transaction. psycopg errors propagate.
 
-        ``on_conflicts`` gets the batch's sequence conflicts before the commit; if it
-        raises, nothing commits.
+        ``on_conflicts`` gets the batch's conflicts, ``on_new`` the frames new to the
+        ledger (the envelope archive), both before the commit; if one raises, nothing
+        commits.
         """
         conn = self._connection()
         try:
@@ -292,6 +324,8 @@ class Store:
                 result = self._land(conn, accepted, offsets)
                 if result.conflicts and on_conflicts is not None:
                     on_conflicts(result.conflicts)
+                if result.new and on_new is not None:
+                    on_new(result.new)
         finally:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()
@@ -301,14 +335,19 @@ class Store:
     def _land(self, conn: psycopg.Connection, accepted: Sequence[Accepted],
               offsets: dict[TopicPartition, int]) -> LandResult:
         result = LandResult()
-        new, result.conflicts = self._new_frames(conn, accepted)
+        replayed = self._replays(conn, accepted)
+        new, result.conflicts = self._new_frames(
+            conn, [a for a in accepted if id(a) not in replayed])
+        result.conflicts += list(replayed.values())
+        result.new = new
         result.frames = len(new)
         result.duplicates = len(accepted) - len(new) - len(result.conflicts)
-        result.tally(new, accepted)
         frames = [(a.message, a.keep) for a in new if isinstance(a.message, Frame)]
         batches = [(a.message, a.keep) for a in new if isinstance(a.message, BatchFrame)]
         if frames:
-            result.readings = self._land_readings(conn, frames)
+            result.readings, clashes = self._land_readings(conn, frames)
+            result.conflicts += _reading_conflicts(clashes, new)
+        result.tally(new, accepted)
         if batches:
             cur = conn.execute(_EVENTS, event_arrays(batches))
             result.events = cur.rowcount
@@ -364,24 +403,76 @@ class Store:
                 conflicts.append(Conflict(a, stored, where))
         return conflicts
 
+    def _replays(self, conn: psycopg.Connection, accepted: Sequence[Accepted]
+                 ) -> dict[int, Conflict]:
+        """Messages whose signed body a ledger reset retired (by id of the Accepted)."""
+        digests = list({a.digest for a in accepted if a.digest is not None})
+        if not digests:
+            return {}
+        retired = {bytes(d): (g, e) for d, g, e in conn.execute(_RETIRED, (digests,))}
+        out: dict[int, Conflict] = {}
+        for a in accepted:
+            hit = retired.get(a.digest or b"")
+            if hit is not None:
+                g, s, q = frame_key(a)
+                out[id(a)] = Conflict(a, a.digest or b"", "retired_frame", "replayed", (
+                    f"replayed: gateway {g} stream {s} seq {q} landed before the ledger reset "
+                    f"that started epoch {hit[1]} of gateway {hit[0]}; the same signed bytes "
+                    "never land again (a captured frame sent again, or a re-drive of a frame "
+                    "that had landed)"))
+        return out
+
     def _land_readings(self, conn: psycopg.Connection,
-                       frames: list[tuple[Frame, list[int] | None]]) -> int:
+                       frames: list[tuple[Frame, list[int] | None]]
+                       ) -> tuple[int, list[tuple[object, ...]]]:
+        """Rows inserted, and the readings refused because their key holds other data."""
+        total = sum(len(f) if keep is None else len(keep) for f, keep in frames)
         if not self._use_copy:
-            return conn.execute(_READINGS_UNNEST, reading_arrays(frames)).rowcount
-        text = copy_text(frames)
-        try:
-            # Fast path: these frames are new by the ledger, so their readings normally
-            # are too; COPY them straight into `reading` inside a savepoint...
-            with conn.transaction(), conn.cursor().copy(_COPY_DIRECT) as copy:
+            arrays = reading_arrays(frames)
+            inserted = conn.execute(_READINGS_UNNEST, arrays).rowcount
+            if inserted == total:
+                return inserted, []
+            source, params = _UNNESTED, arrays
+        else:
+            text = copy_text(frames)
+            try:
+                # Fast path: these frames are new by the ledger, so their readings normally
+                # are too; COPY them straight into `reading` inside a savepoint...
+                with conn.transaction(), conn.cursor().copy(_COPY_DIRECT) as copy:
+                    copy.write(text)
+                return total, []
+            except psycopg.errors.UniqueViolation:
+                # ...and when one is already there, stage them: ON CONFLICT DO NOTHING keeps
+                # identical re-sends idempotent, and the others are conflicts (below)
+                logger.info("readings already landed in this batch; staging with ON CONFLICT")
+            with conn.cursor().copy("COPY stage_reading FROM STDIN") as copy:
                 copy.write(text)
-            return sum(len(f) if keep is None else len(keep) for f, keep in frames)
-        except psycopg.errors.UniqueViolation:
-            # ...and when one is already there (the same reading sent under another
-            # seq), stage them and let ON CONFLICT DO NOTHING keep the first.
-            logger.info("readings already landed in this batch; staging with ON CONFLICT")
-        with conn.cursor().copy("COPY stage_reading FROM STDIN") as copy:
-            copy.write(text)
-        return conn.execute(_FROM_STAGE).rowcount
+            inserted = conn.execute(_FROM_STAGE).rowcount
+            source, params = _STAGED, []
+        clashes = conn.execute(_CONFLICTING.format(source=source), params or None).fetchall()
+        return inserted, clashes
+
+
+def _reading_conflicts(clashes: list[tuple[object, ...]], new: Sequence[Accepted]
+                       ) -> list[Conflict]:
+    """One ``reading_conflict`` per frame that brought readings whose key holds other data."""
+    by_frame: dict[tuple[object, object], list[tuple[object, ...]]] = {}
+    for row in clashes:
+        by_frame.setdefault((row[0], row[1]), []).append(row)
+    frames = {(a.message.gateway, a.message.seq): a for a in new if isinstance(a.message, Frame)}
+    out: list[Conflict] = []
+    for (gateway, seq), rows in sorted(by_frame.items(), key=str):
+        a = frames[(gateway, seq)]  # type: ignore[index]
+        _g, _q, meter, channel, ts, value, unit, r_gw, r_seq, r_value, r_unit = rows[0]
+        total = _items(a.message) if a.keep is None else len(a.keep)
+        note = (f"reading conflict: gateway {gateway} seq {seq}: {len(rows)} of {total} readings "
+                f"have a key (site, meter, channel, ts) already landed with another gateway or "
+                f"value, e.g. {meter}/{channel} at {ts}: {value} {unit} here, {r_value} {r_unit} "
+                f"from gateway {r_gw} seq {r_seq}; those did not land (the stored rows are "
+                "untouched), the frame's other readings did")
+        out.append(Conflict(a, a.digest or b"", "reading", "reading_conflict", note,
+                            f"{len(rows)}/{_items(a.message)}"))
+    return out
 
 
 def read_offsets(conn: psycopg.Connection, group: str, tps: Iterable[TopicPartition]

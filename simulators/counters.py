@@ -43,7 +43,11 @@ class CounterModel:
         """The register value: counts (integer counters) or the value (float ones)."""
         if self.bits is None:
             return self.base + (energy - self._base_energy) * self.multiplier + self._seg_spike
-        return (int(self.base) + self._seg_counts) % (1 << self.bits)
+        # the counts ``advance`` would hold at ``energy`` (the same at the step's end),
+        # so a read inside a step shows the counts reached by then
+        seg = math.floor((energy - self._base_energy) * self.multiplier / self.resolution)
+        seg += round(self._seg_spike / self.resolution)
+        return (int(self.base) + seg) % (1 << self.bits)
 
     def advance(self, energy: float) -> None:
         """Account the meter's cumulative true ``energy`` after a step."""

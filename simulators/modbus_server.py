@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from simulators.devices import DeviceImage
@@ -107,6 +108,9 @@ class _Protocol(asyncio.Protocol):
                 return
             frame = bytes(self.buf[:6 + length])
             del self.buf[:6 + length]
+            slot = self.port.units.get(frame[6])
+            if self.port.before_answer is not None and slot is not None:
+                self.port.before_answer(slot)
             reply = answer(self.port.units, frame, self.port.rng, self.port.stats)
             if reply is not None and self.transport is not None:
                 self.transport.write(reply)
@@ -123,6 +127,9 @@ class ModbusPort:
         self.stats = PortStats()
         self.connections: set[asyncio.Transport] = set()
         self._server: asyncio.Server | None = None
+        # called with the unit's slot before each request to it is answered (the runner
+        # brings that device's registers to the instant of the read, as a real meter's)
+        self.before_answer: Callable[[UnitSlot], None] | None = None
 
     @property
     def listening(self) -> bool:

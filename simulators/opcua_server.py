@@ -116,11 +116,14 @@ class OpcuaPlant:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         self._idx = await server.register_namespace(self.uri)
         await self._build(server)
+        # every node holds its current value before the first client can connect (a
+        # restarted MES shows its batches, not empty slots); writes from here on go
+        # to the server directly, so the copy takes each node's value at its turn
+        self._server = server
+        for node in list(self.mirror):
+            await server.write_attribute_value(self._nodeid(node), self.mirror[node])
         await server.start()
         self.port = server.bserver.port if server.bserver else self.port
-        self._server = server
-        for node, dv in self.mirror.items():
-            await server.write_attribute_value(self._nodeid(node), dv)
         logger.info("opcua server listening at %s", self.url)
 
     async def _build(self, server: Server) -> None:

@@ -142,13 +142,20 @@ class PlantModel:
             ms.step_spike = amount
             result.events.append({"kind": "spike", "meter": mid, "amount": amount})
 
-    def readings(self, ms: MeterState, rng: random.Random) -> dict[str, float]:
-        """What the device shows now (auxiliary noise from ``rng``, not the seed)."""
+    def readings(self, ms: MeterState, rng: random.Random, at_s: float | None = None,
+                 ) -> dict[str, float]:
+        """What the device shows now, or at simulated ``at_s`` inside the last step (its
+        energy interpolated at the step's constant rate); auxiliary noise from ``rng``,
+        not the seed."""
         cfg = ms.cfg
-        out: dict[str, float] = {"energy": ms.counter.raw(ms.energy), "power": ms.rate,
+        energy = ms.energy
+        if at_s is not None:  # the last step ran [t - step_s, t) at one rate
+            back = min(max(self.t - at_s, 0.0), float(self.step_s))
+            energy -= ms.step_energy * back / self.step_s
+        out: dict[str, float] = {"energy": ms.counter.raw(energy), "power": ms.rate,
                                  "status": 1.0, "energy_export": 0.0}
         if ms.co2 is not None:
-            out["co2"] = ms.co2.raw(ms.energy)
+            out["co2"] = ms.co2.raw(energy)
             out["factor"] = cfg.co2_factor
         if cfg.carrier == "electricity":
             out.update(_electrical(ms.rate, rng))

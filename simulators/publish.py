@@ -7,8 +7,10 @@ batch when: ``simulators/slots.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from simulators.config import Scenario
@@ -48,6 +50,7 @@ class Publisher:
             self.slots.append((ms, slot))
         self.opcua = OpcuaPlant(sc, host, opcua_port) if opcua_port is not None else None
         self._opcua_meters = [ms for ms in model.meters if ms.cfg.modbus is None]
+        self._by_slot = {id(slot): ms for ms, slot in self.slots}
         self._pending: list[Write] = []
         self._plan = plan_slots(sc, model.faults.late_ends)
         # step -> slot uses whose start / end goes out in that step
@@ -58,6 +61,7 @@ class Publisher:
             self._ends.setdefault(use.ended_s, []).append(use)
         self._states: dict[str, str] = {}
         self._serving = False  # servers started (injected outages only after that)
+        self._restart: asyncio.Task[None] | None = None  # an injected stop or start
 
     def when(self, t: float) -> datetime:
         return self.start + timedelta(seconds=t)
@@ -69,8 +73,14 @@ class Publisher:
         if self.opcua is not None:
             await self.opcua.start()
 
+    async def settle(self) -> None:
+        """Wait for an injected stop or start in flight (the end of a run, a close)."""
+        if self._restart is not None:
+            await self._restart
+
     async def close(self) -> None:
         self._serving = False
+        await self.settle()
         for port in self.ports.values():
             await port.close()
         if self.opcua is not None:
@@ -111,20 +121,41 @@ class Publisher:
         if self.opcua is not None:
             await self._refresh_opcua(now)
 
+    def before_modbus_read(self, hook: Callable[[UnitSlot], None]) -> None:
+        """Call ``hook`` with the unit's slot before each Modbus request is answered."""
+        for port in self.ports.values():
+            port.before_answer = hook
+
+    def refresh_modbus(self) -> None:
+        """Bring the Modbus device images up to the model's current time."""
+        self._refresh_modbus(self.model.t)
+
+    def refresh_unit(self, slot: UnitSlot, at_s: float) -> None:
+        """One device's registers as at simulated ``at_s`` within the last step: a real
+        meter's counter is current when read, not a whole step ahead or behind."""
+        if slot.mode != "drop":  # a dropped-out device answers nothing anyway
+            self._write_image(self._by_slot[id(slot)], slot, at_s)
+
     def _refresh_modbus(self, now: int) -> None:
         faults = self.model.faults
-        epoch = self.start.timestamp()
         for ms, slot in self.slots:
             mid = ms.cfg.id
             slot.mode = "drop" if faults.dropout(mid, now) else "ok"
             slot.busy_probability = faults.busy_probability(mid, now)
             if slot.busy_probability and slot.mode == "ok":
                 slot.mode = "busy"
-            if faults.stuck(mid, now):
-                continue
-            readings = self.model.readings(ms, self.rng)
-            readings["clock"] = epoch + now + faults.skew_s(mid, now)
-            slot.image.write(readings)
+            self._write_image(ms, slot, None)
+
+    def _write_image(self, ms: MeterState, slot: UnitSlot, at_s: float | None) -> None:
+        """The device's registers at the model's time, or at ``at_s`` inside the last step;
+        a stuck device keeps what it showed."""
+        faults, now, mid = self.model.faults, self.model.t, ms.cfg.id
+        if faults.stuck(mid, now):
+            return
+        readings = self.model.readings(ms, self.rng, at_s)
+        at = now if at_s is None else at_s
+        readings["clock"] = self.start.timestamp() + at + faults.skew_s(mid, now)
+        slot.image.write(readings)
 
     async def _port_dropouts(self, now: int) -> None:
         for port in self.ports.values():
@@ -138,20 +169,28 @@ class Publisher:
     async def _refresh_opcua(self, now: int) -> None:
         assert self.opcua is not None
         down = self.model.faults.opcua_down(now)
-        if down and self.opcua.running:
-            await self.opcua.stop()
+        # an injected restart runs beside the refresh loop: stopping and rebuilding the
+        # address space takes real seconds, hundreds of simulated ones at 100x, during
+        # which the Modbus meters must keep counting as real ones do
+        busy = self._restart is not None and not self._restart.done()
+        if down and self.opcua.running and not busy:
+            self._restart = asyncio.create_task(self.opcua.stop())
+        # a state holds from the start of the step it was taken for (the schedule's time),
+        # as a batch's start and end do: stamped a step later, every boundary knot the
+        # state gives would sit a step (1 s) off the true change of power
+        since = self.model.schedule.t
         for asset, state in self.model.schedule.state.items():
             if self._states.get(asset) != state:
                 self._states[asset] = state
-                self._pending += [(f"{asset}.State", state, now),
-                                  (f"{asset}.StateCode", STATE_CODES[state], now)]
+                self._pending += [(f"{asset}.State", state, since),
+                                  (f"{asset}.StateCode", STATE_CODES[state], since)]
         pending, self._pending = self._pending, []
         for node, value, t in pending:
             await self.opcua.write(node, value, self.when(t))
         for ms in self._opcua_meters:
             await self._write_meter(ms, now)
-        if self._serving and not down and not self.opcua.running:
-            await self.opcua.start()
+        if self._serving and not down and not self.opcua.running and not busy:
+            self._restart = asyncio.create_task(self.opcua.start())
 
     async def _write_meter(self, ms: MeterState, now: int) -> None:
         assert self.opcua is not None

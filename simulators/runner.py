@@ -15,6 +15,7 @@ from typing import IO
 import orjson
 
 from simulators.config import Scenario
+from simulators.modbus_server import UnitSlot
 from simulators.physics import PlantModel
 from simulators.publish import Publisher
 from simulators.truth import Record, TruthAccountant
@@ -62,6 +63,8 @@ class PlantRunner:
         self._stop = asyncio.Event()
         self.lag_s = 0.0
         self._t0: float | None = None  # monotonic time of simulated t = 0
+        self._running = False  # inside run(): a Modbus read may advance the physics
+        self.io.before_modbus_read(self.catch_up)
         self.origin_real_ns: int | None = None  # time.time_ns() at that instant
 
     async def __aenter__(self) -> PlantRunner:
@@ -129,12 +132,44 @@ class PlantRunner:
         if time.monotonic() < t0:  # --hold-s: clients connect while t = 0 holds
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), t0 - time.monotonic())
+        self._running = True
+        try:
+            await self._loop(tick)
+        finally:
+            self._running = False
+        await self.io.settle()  # what clients see is whole when run returns
+
+    def _due_steps(self) -> int:
+        """Steps to take for the physics to reach real time (one step ahead at most)."""
+        assert self._t0 is not None
+        due = int((time.monotonic() - self._t0) * self.opt.speed / self.model.step_s) + 1
+        return min(due - self.model.t // self.model.step_s, _MAX_BATCH_STEPS)
+
+    def catch_up(self, slot: UnitSlot) -> None:
+        """Bring the physics to real time and ``slot``'s registers to this instant
+        before a Modbus read of it is answered.
+
+        The loop refreshes every tick, but a loaded machine stretches ticks, and
+        a step is a whole simulated second: a register read in between would show
+        another instant than the gateway stamps on it, and meters read at
+        different moments would show one instant under different stamps, which no
+        real meter does. Synchronous (no await), so it cannot interleave with the
+        loop's own step.
+        """
+        if not self._running or self.opt.speed <= 0 or self._t0 is None or self._done():
+            return
+        n = self._due_steps()
+        if n > 0:
+            self._advance(n)
+            self.io.refresh_modbus()
+        self.io.refresh_unit(slot, (time.monotonic() - self._t0) * self.opt.speed)
+
+    async def _loop(self, tick: float) -> None:
+        speed = self.opt.speed
+        t0 = self._t0
+        assert t0 is not None
         while not self._stop.is_set() and not self._done():
-            if speed > 0:
-                due = int((time.monotonic() - t0) * speed / step_s) + 1
-                n = min(due - self.model.t // step_s, _MAX_BATCH_STEPS)
-            else:
-                n = _MAX_BATCH_STEPS // 4
+            n = self._due_steps() if speed > 0 else _MAX_BATCH_STEPS // 4
             self._advance(max(n, 0))
             await self.io.refresh()
             if self._gt is not None:

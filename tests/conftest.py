@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -58,6 +61,61 @@ def services() -> Iterator[Services]:
     )
     started_here = [n for n in devstack.SERVICES if n not in before]
     devstack.down(started_here)
+
+
+@dataclass(frozen=True)
+class SmallPlant:
+    """The `small` scenario run once through the whole pipeline (``deploy.demo``).
+
+    Its database holds what ingest landed and compute stored; tests read it and
+    must not change it (copy what you need to change). ``out`` holds the demo's
+    footprints.json and ground_truth.json; ``truth`` is the simulator's
+    ground-truth JSON Lines, for grading only.
+    """
+
+    dsn: str
+    database: str
+    out: Path
+    truth: Path
+    stdout: str
+
+
+# one per test session: sessions run side by side on one server must not drop each other's
+SMALL_PLANT_DB = f"pp_test_small_plant_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def small_plant(services: Services, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[SmallPlant]:
+    """One demo run of `small` per session, in a state folder of its own.
+
+    The demo keeps its logs and ground truth under the state folder; a private
+    one (holding a copy of the services' endpoints) lets this run share the
+    services with the rest of the session without touching ``.state/demo``.
+    """
+    base = tmp_path_factory.mktemp("small-plant")
+    state, out = base / "state", base / "out"
+    state.mkdir()
+    shutil.copy(devstack.state_dir() / "services.json", state / "services.json")
+    env = {**os.environ, "PLANTPRINT_DSN": services.pg_admin_dsn,
+           "PLANTPRINT_STATE": str(state)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deploy.demo", "--scenario", "small", "--database",
+         SMALL_PLANT_DB, "--out", str(out), "--keep-services"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode != 0:
+        pytest.fail("the small demo failed:\n" + proc.stdout[-3000:] + proc.stderr[-3000:],
+                    pytrace=False)
+    try:
+        yield SmallPlant(dsn=devstack.with_dbname(services.pg_admin_dsn, SMALL_PLANT_DB),
+                         database=SMALL_PLANT_DB, out=out,
+                         truth=state / "demo" / "ground-truth.jsonl", stdout=proc.stdout)
+    finally:
+        import psycopg
+
+        with psycopg.connect(services.pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{SMALL_PLANT_DB}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -200,8 +258,8 @@ def pytest_fixture_setup(
 SERVICE_FIXTURES = frozenset({"services", "broker_factory", "topic_prefix"})
 # Fixtures that run a simulated plant (in process or as a child process) for
 # seconds of real time: tests/simulators' plant_factory, the edge's simulator
-# and fast_simulator.
-SLOW_FIXTURES = frozenset({"plant_factory", "simulator", "fast_simulator"})
+# and fast_simulator; small_plant runs the whole small demo once per session.
+SLOW_FIXTURES = frozenset({"plant_factory", "simulator", "fast_simulator", "small_plant"})
 
 
 # make test-fast runs with --hypothesis-profile=fast: every property test, but

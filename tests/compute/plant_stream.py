@@ -55,7 +55,8 @@ class Stream:
     site: str = "demo-site"
     gateway: str = "gw-synth-1"
     poll_s: int = 10
-    duration_s: int = 6000
+    duration_s: int = 6600  # the last batch ends at 5400 s: its finality needs the
+    # watermark (less event_delay_s, 300 s) past its end by the residual margin (~310 s)
     carbon_factor: float = 0.5500  # kgCO2/kWh the carbon meter has embedded
     key: object = field(default_factory=generate_private_key)
 
@@ -148,12 +149,18 @@ def produce(bootstrap: str, prefix: str, site: str, frames: list[tuple[str, byte
 
 
 def server_toml(path: Path, dsn: str, bootstrap: str, prefix: str, group: str,
-                sites: dict[str, Path], keys: dict[str, str]) -> Path:
+                sites: dict[str, Path], keys: dict[str, str | tuple[str, str]]) -> Path:
+    """``keys``: gateway -> its public key, or (key, site); ingest's binding is that site
+    (else the first of ``sites``), all its meters and assets."""
+    def binding(k: str | tuple[str, str]) -> dict[str, object]:
+        key, site = k if isinstance(k, tuple) else (k, next(iter(sites), "demo-site"))
+        return {"public_key": key, "site": site, "meters": ["*"], "assets": ["*"]}
+
     path.write_text(tomli_w.dumps({
         "kafka": {"bootstrap_servers": [bootstrap], "topic_prefix": prefix,
                   "session_timeout_s": 6.0},
         "database": {"dsn": dsn}, "metrics": {"port": 0},
-        "gateways": {gw: {"public_key": k} for gw, k in keys.items()},
+        "gateways": {gw: binding(k) for gw, k in keys.items()},
         "compute": {"group": group, "metrics_port": 0, "gap_s": 120.0,
                     "micro_batch_s": 0.5, "sites": {s: str(p) for s, p in sites.items()}},
     }))

@@ -160,7 +160,8 @@ def test_two_workers_share_two_sites_and_one_takes_over(
     dsn = new_database()
     migrate(dsn)
     sites = {"demo-site": SMALL, "site-b": site_copy(tmp_path, "site-b")}
-    keys = {one.gateway: one.public_key, two.gateway: two.public_key}
+    keys: dict[str, str | tuple[str, str]] = {one.gateway: (one.public_key, one.site),
+                                              two.gateway: (two.public_key, two.site)}
     config = server_toml(tmp_path / "server.toml", dsn, services.kafka_bootstrap, topic_prefix,
                          f"{topic_prefix}g-pair", sites, keys)
     first = start_worker(config, tmp_path / "w1.log")
@@ -220,6 +221,20 @@ def test_late_meter_data_revises_a_final_footprint_and_keeps_the_first(
     assert [r[1] for r in revisions[2:]] == ["revised"] * (len(revisions) - 2)
     assert revisions[1][2] == pytest.approx(before["B-001"]["energy"]["electricity"])
     assert revisions[1][2] < revisions[-1][2]  # the drive's energy was missing from the final
+    with psycopg.connect(dsn) as conn:
+        # the late intervals, and the incomer's that waited for them, have their allocation
+        # rows too: every settled interval adds up
+        unbalanced = conn.execute(
+            "SELECT i.meter, i.end_ts FROM energy_interval i JOIN allocation a "
+            "USING (site, meter, end_ts) GROUP BY i.meter, i.end_ts, i.energy "
+            "HAVING abs(i.energy - sum(a.energy)) > 1e-9 * greatest(1, i.energy)").fetchall()
+        without = conn.execute(
+            "SELECT i.meter, count(*) FROM energy_interval i, compute_site_state s "
+            "WHERE i.site = s.site AND i.end_ts <= 'epoch'::timestamptz + "
+            "s.settled_until / 1000 * interval '1 microsecond' AND NOT EXISTS (SELECT 1 "
+            "FROM allocation a WHERE (a.site, a.meter, a.end_ts) = (i.site, i.meter, i.end_ts))"
+            " GROUP BY 1").fetchall()
+    assert unbalanced == [] and without == []
 
 
 def test_a_carbon_meter_with_another_embedded_factor_is_flagged(

@@ -136,9 +136,9 @@ class PlantServer:
         dv = ua.DataValue(ua.Variant(value, _variant_type(self.VARIABLES[path])),
                           StatusCode=ua.StatusCode(status), SourceTimestamp=ts,
                           ServerTimestamp=dt.datetime.now(UTC))
-        self.values[path] = dv
-        assert self.server is not None
-        await self.server.write_attribute_value(ua.NodeId(path, self.idx), dv)
+        self.values[path] = dv  # while stopped: shown when it starts again
+        if self.server is not None:
+            await self.server.write_attribute_value(ua.NodeId(path, self.idx), dv)
 
     async def stop(self) -> None:
         server, self.server = self.server, None

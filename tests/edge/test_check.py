@@ -122,7 +122,9 @@ async def test_opcua_nodes_are_read_once_against_the_simulator(tmp_path):
         energy = next(line for line in text.splitlines() if "M-DRIVE.Energy" in line)
         assert "energy" in energy and "kWh" in energy and "good" in energy
         assert float(energy.split("│")[4]) > 0  # the scenario's counter start
-        assert "Batch1.Running" in text and "9 of 9 points good" in text
+        # 4 meter nodes, 2 state codes, 3 slots of 7 variables each
+        assert "Batch1.Running" in text and "27 of 27 points good" in text
+        assert "batch state opcua sim-plc L1-oven slot Batch1: " in text
         assert "OPC UA servers are not part of --check" not in text
         wrong = {**server, "nodes": [*server["nodes"], {
             "node": "nsu=urn:plantprint:simulator;s=M-NOPE.Energy", "meter": "M-NOPE",
@@ -132,7 +134,7 @@ async def test_opcua_nodes_are_read_once_against_the_simulator(tmp_path):
         code = await asyncio.to_thread(check, bad, out)
         text = out.getvalue()
         assert code == 1
-        assert "bad: BadNodeIdUnknown" in text and "9 of 10 points good" in text
+        assert "bad: BadNodeIdUnknown" in text and "27 of 28 points good" in text
     finally:
         await runner.close()
     # a server that is not there: every node a bad row and the connect error
@@ -140,4 +142,93 @@ async def test_opcua_nodes_are_read_once_against_the_simulator(tmp_path):
         update={"endpoint": f"opc.tcp://127.0.0.1:{_closed_port()}/x", "timeout_s": 1.0}),)})
     out = io.StringIO()
     assert await asyncio.to_thread(check, gone, out) == 1
-    assert "0 of 9 points good" in out.getvalue() and "cannot connect" in out.getvalue()
+    assert "0 of 27 points good" in out.getvalue() and "cannot connect" in out.getvalue()
+
+
+# ------------------------------------------------- OPC UA batch mappings (an MES)
+
+
+async def _mes_check(tmp_path, url: str, batches: list[dict],
+                     nodes: list[dict] | None = None) -> tuple[int, str]:
+    """--check against the MES test server: the exit code and the report (plain text)."""
+    import asyncio
+    from unittest import mock
+
+    cfg = AgentConfig.model_validate({
+        "site": "s", "gateway": "g", "signing_key": tmp_path / "k.pem",
+        "spool": {"path": tmp_path / "spool.db"},
+        "opcua": [{"name": "mes", "endpoint": url, "timeout_s": 2.0, "nodes": nodes or [],
+                   "batches": batches}],
+    })
+    out = io.StringIO()
+    with mock.patch.dict("sys.modules", {"rich.console": None}):  # the plain-text table
+        code = await asyncio.to_thread(check, cfg, out)
+    return code, out.getvalue()
+
+
+def _line(text: str, *needles: str) -> str:
+    return next(line for line in text.splitlines() if all(n in line for n in needles))
+
+
+MES = "ns=1;s=Line1.MES."
+
+
+@pytest.mark.slow
+async def test_check_shows_source_times_and_the_batch_state_of_a_mapping(tmp_path):
+    import datetime as dt
+
+    from tests.edge.mes_server import MesServer
+
+    server = MesServer()
+    t = dt.datetime(2025, 1, 6, 6, 0, 0, 250000, tzinfo=dt.UTC)
+    await server.start()
+    try:
+        await server.write_record(t, Product="clinker", BatchId="B-7", Quantity_t=12.5)
+        code, text = await _mes_check(tmp_path, server.url, [{
+            "asset": "L1-press", "batch_id": f"{MES}BatchId", "product": f"{MES}Product",
+            "quantity": f"{MES}Quantity_t", "unit": "t"}])
+    finally:
+        await server.stop()
+    assert code == 0, text
+    row = _line(text, f"{MES}BatchId")
+    assert "L1-press" in row and "batch_id" in row and "'B-7'" in row
+    assert "2025-01-06T06:00:00.250Z" in row and row.rstrip().endswith("good")
+    assert "12.5" in _line(text, f"{MES}Quantity_t") and " t " in _line(text, "Quantity_t")
+    assert "'clinker'" in _line(text, f"{MES}Product")
+    assert ("batch state opcua mes L1-press batches: batch B-7 (clinker) running since "
+            "2025-01-06T06:00:00Z") in text
+
+
+@pytest.mark.slow
+async def test_check_fails_a_missing_node_a_wrong_type_and_text_among_meters(tmp_path):
+    """Each failure names the node as configured and the status or the type, and says
+    where text belongs; the exit code is 1."""
+    from tests.edge.mes_server import MesServer
+
+    server = MesServer()
+    await server.start()
+    try:
+        code, text = await _mes_check(tmp_path, server.url, [
+            {"asset": "L1-press", "batch_id": f"{MES}BatchNo", "product": f"{MES}Product",
+             "running": f"{MES}Running"},
+            {"asset": "L2-kiln", "batch_id": f"{MES}Quantity_t", "quantity": f"{MES}Product",
+             "unit": "t"},
+        ], nodes=[{"node": "ns=1;s=Line1.Meter.Serial", "meter": "M1", "channel": "serial"},
+                  {"node": "ns=1;s=Line1.Meter.Energy_kWh", "meter": "M1",
+                   "channel": "energy", "unit": "kWh"}])
+    finally:
+        await server.stop()
+    assert code == 1, text
+    missing = _line(text, f"{MES}BatchNo")
+    assert "L1-press" in missing and missing.rstrip().endswith("bad: BadNodeIdUnknown")
+    wrong = _line(text, "L2-kiln", f"{MES}Quantity_t")
+    assert wrong.rstrip().endswith("bad: batch_id: Double, expected text or an integer")
+    qty = _line(text, "L2-kiln", f"{MES}Product")
+    assert "bad: quantity: String ''" in qty and "expected a number" in qty
+    serial = _line(text, "Line1.Meter.Serial")
+    assert serial.rstrip().endswith(
+        "bad: String: text is not a meter reading: map it in [[opcua.batches]] "
+        "(batch_id, product, unit)")
+    assert "'SN-0042-A'" in serial
+    assert _line(text, "Energy_kWh").rstrip().endswith("good")
+    assert "batch state opcua mes L1-press batches: unknown (batch_id not usable)" in text

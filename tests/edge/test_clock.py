@@ -236,13 +236,16 @@ async def test_simulator_device_clocks_and_gateway_stamps_share_one_time_base(
             for r in results:
                 assert not r.errors and r.ts_ns, r.meter
                 assert clock.at(before) <= r.poll_ns <= clock.at(after)
+                if r.meter == "M-PRESS":  # no device clock: its requests' gateway times
+                    assert all(r.poll_ns <= ts <= clock.at(after) for ts in r.ts_ns)
                 dev = max(abs(ts - r.poll_ns) for ts in r.ts_ns)
                 worst[r.meter] = max(worst.get(r.meter, 0), dev)
             await asyncio.sleep(0.1)
     finally:
         await asyncio.gather(*(p.close() for p in pollers))
-    # M-PRESS (sdm630) has no clock: stamped when its request was sent, in the scaled base
-    assert worst["M-PRESS"] < (after - before) * SPEED
+    # M-PRESS (sdm630) has no clock: stamped between its request and answer, in the
+    # scaled base (checked per cycle above)
+    assert "M-PRESS" in worst
     for meter in ("M-GAS", "M-AIR"):  # flow (epoch s) and carbon (epoch ms) device clocks
         assert worst[meter] <= DEVICE_SLACK_NS, (meter, worst[meter] / 1e9)
 

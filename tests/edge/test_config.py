@@ -255,3 +255,56 @@ def test_config_errors_never_show_passwords(tmp_path: Path):
     message = str(err.value)
     assert "outputs.mqtt" in message and "'password': '***'" in message
     assert "hunter2" not in message
+
+
+def test_a_meter_extends_a_shipped_profile_without_copying_it(tmp_path: Path):
+    """Inline ``extends``: one point overridden, one added next to the map; the base's
+    max_gap puts the added register in the same read."""
+    site = BASE + """
+    [[modbus]]
+    meter = "M-PRESS"
+    host = "127.0.0.1"
+    [modbus.profile]
+    extends = "sdm630"
+    points = [
+        { channel = "power", address = 0x34, type = "float32", scale = 1.0, unit = "W" },
+        { channel = "thd_v1", address = 0xEA, type = "float32", unit = "%" },
+        { channel = "run_hours", address = 0x4C, type = "float32", unit = "h" },
+    ]
+    """
+    dev = load_config(_write(tmp_path, site)).modbus[0]
+    sdm630 = load_profile(DEPLOY / "profiles" / "sdm630.toml")
+    by = {p.channel: p for p in dev.points}
+    assert dev.register_map.family == "sdm630" and dev.gap == sdm630.max_gap == 40
+    assert set(by) == {p.channel for p in sdm630.points} | {"thd_v1", "run_hours"}
+    assert (by["power"].scale, by["power"].unit, by["power"].table) == (1.0, "W", "input")
+    assert by["energy"] == next(p for p in sdm630.points if p.channel == "energy")
+    reqs = plan_requests(dev.points, dev.gap, dev.request_limit)
+    # 0x00..0x4D in one read (the added neighbour merged), 0xEA on its own
+    assert [(r.table, r.address, r.count) for r in reqs] == [("input", 0, 0x4E),
+                                                              ("input", 0xEA, 2)]
+
+
+def test_a_profile_file_extends_another_and_a_loop_is_refused(tmp_path: Path):
+    site = _write(tmp_path, BASE + DEVICE.replace('profile = "em24"', 'profile = "em24-plus"'))
+    (tmp_path / "profiles" / "em24-plus.toml").write_text(textwrap.dedent("""
+        extends = "em24"
+        description = "EM24 with its run-hour counter"
+        [[points]]
+        channel = "run_hours"
+        address = 0x40
+        type = "uint32"
+        word_order = "CDAB"
+        kind = "counter"
+        unit = "h"
+    """))
+    dev = load_config(site).modbus[0]
+    assert dev.register_map.description == "EM24 with its run-hour counter"
+    assert dev.points[-1].channel == "run_hours" and dev.points[-1].counter_bits == 32
+    (tmp_path / "profiles" / "em24-plus.toml").write_text('extends = "em24-plus"\n')
+    with pytest.raises(ConfigError, match=r"modbus\[0\] \(meter M1\)\.profile: extends "
+                                          r"'em24-plus': more than 8 levels"):
+        load_config(site)
+    (tmp_path / "profiles" / "em24-plus.toml").write_text('extends = "em99"\n')
+    with pytest.raises(ConfigError, match=r"profile 'em99' not found"):
+        load_config(site)

@@ -98,7 +98,7 @@ def test_sigkill_of_a_forwarding_writer_loses_no_frame(broker_factory, tmp_path)
     broker = broker_factory()
     key = wire.generate_private_key()
     key_pem = tmp_path / "gw.pem"
-    key_pem.write_bytes(wire.private_key_pem(key))
+    wire.write_private_key(key_pem, key)  # owner-only: load_private_key refuses others
     spool_path = tmp_path / "spool.db"
     args = [str(spool_path), broker.bootstrap, "kill.", str(key_pem)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

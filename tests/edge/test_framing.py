@@ -82,7 +82,7 @@ async def test_40000_long_named_readings_land_in_kafka_without_a_gap(
 ) -> None:
     """Default max_request_bytes (1 MiB): 20 000-reading frames (~4 MB) were refused."""
     key = wire.generate_private_key()
-    (tmp_path / "gw.pem").write_bytes(wire.private_key_pem(key))
+    wire.write_private_key(tmp_path / "gw.pem", key)  # owner-only: the agent refuses others
     data = {
         "site": SITE, "gateway": "gw-big", "signing_key": "gw.pem",
         "spool": {"path": "spool.db", "synchronous": "NORMAL"}, "metrics": {"port": 0},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import socket
 import struct
 import time
@@ -19,6 +20,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from edge.clock import GatewayClock, ScaledClock
 from edge.config import ModbusDevice
 from edge.modbus import ModbusPoller, PollResult
 from edge.profiles import Profile, load_profile
@@ -75,6 +77,7 @@ class PymodbusPeer:
 
     def __init__(self, holding: list[int], unit: int = 1, port: int = 0) -> None:
         self.busy_left = 0
+        self.delay_s = 0.0  # before each answer (a stalled device or serial gateway)
         self.requests = 0
         hr = [SimData(0, values=holding, datatype=DataType.REGISTERS)]
         ir = [SimData(0, values=holding, datatype=DataType.REGISTERS)]
@@ -84,6 +87,8 @@ class PymodbusPeer:
 
     async def _action(self, fc, start, address, count, regs, values) -> ExcCodes | None:
         self.requests += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.busy_left > 0:
             self.busy_left -= 1
             return ExcCodes.DEVICE_BUSY
@@ -118,8 +123,9 @@ def device(profile: Profile | str, port: int, **kw: Any) -> ModbusDevice:
 
 
 @contextlib.asynccontextmanager
-async def poller(dev: ModbusDevice) -> AsyncIterator[ModbusPoller]:
-    p = ModbusPoller(dev)
+async def poller(dev: ModbusDevice, clock: GatewayClock | None = None
+                 ) -> AsyncIterator[ModbusPoller]:
+    p = ModbusPoller(dev, clock)
     await p.start()
     try:
         yield p
@@ -176,6 +182,40 @@ async def test_device_busy_is_retried_a_bounded_number_of_times():
         assert p.connected  # busy is data, not a transport failure
         peer.busy_left = 0
         assert as_dict(await p.poll()) == {"p": 12345.0}
+
+
+async def test_an_answer_too_slow_to_stamp_is_not_sent_and_said_once(caplog):
+    """A reading is stamped halfway between request and answer: an answer slower than
+    ``[clock] max_answer_s`` leaves its time unknown by more than half of that, so its
+    readings are dropped (counted; the meter's first said); a cumulative counter's
+    next reading covers the interval."""
+    caplog.set_level(logging.INFO, logger="edge.modbus")
+    regs = pymodbus_registers(12345.0, "float32", "ABCD")
+    profile = Profile.model_validate(
+        {"family": "x", "points": [{"channel": "p", "address": 0, "type": "float32"}]})
+    async with pymodbus_peer(regs) as (peer, port):
+        p = ModbusPoller(device(profile, port, meter="SLOW1"), max_answer_s=0.1)
+        await p.start()
+        try:
+            assert as_dict(await p.poll()) == {"p": 12345.0}
+            peer.delay_s = 0.25
+            slow = [await p.poll() for _ in range(3)]
+            assert [len(r) for r in slow] == [0, 0, 0]
+            assert all(not r.errors for r in slow) and p.connected  # data late, link fine
+            assert _read_errors("SLOW1") == {"slow_answer": 3}
+            warned = [r for r in caplog.records if "max_answer_s" in r.getMessage()
+                      and r.levelno >= logging.WARNING]
+            assert len(warned) == 1 and "meter SLOW1" in warned[0].getMessage()
+            peer.delay_s = 0.0
+            back = await p.poll()
+            assert as_dict(back) == {"p": 12345.0}
+            assert back.ts_ns[0] - back.blocks[0].sent_ns <= 50_000_000  # halfway, fast
+            peer.delay_s = 0.25  # slow again: counted, not said again (a loaded gateway flaps)
+            assert len(await p.poll()) == 0 and _read_errors("SLOW1") == {"slow_answer": 4}
+            assert len([r for r in caplog.records if "max_answer_s" in r.getMessage()
+                        and r.levelno >= logging.WARNING]) == 1
+        finally:
+            await p.close()
 
 
 async def test_exception_response_keeps_connection_and_other_blocks():
@@ -372,7 +412,10 @@ async def test_every_family_decodes_to_what_the_simulator_intended(family: str):
     await port.start()
     try:
         dev = device(PROFILE_OF[family], port.port, meter=f"M-{family}")
-        async with poller(dev) as p:
+        # the gateway in the meters' time base, as a drill's scaled clock: a device clock
+        # further off than [clock] device_tolerance_s would not stamp the readings
+        gateway = ScaledClock(1_736_143_200 * 10**9, time.time_ns(), 1.0)
+        async with poller(dev, gateway) as p:
             result = await p.poll()
     finally:
         await port.close()

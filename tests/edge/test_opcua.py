@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from edge import wire
 from edge.opcua import OpcUaSubscriber
 from edge.opcua_config import MesAsset, MonitoredNode, OpcUaServer, split_node_ref
-from edge.opcua_values import batch_events_of_slot, epoch_ns, quality_of
+from edge.opcua_values import epoch_ns, quality_of
 from tests.edge.opcua_helpers import NS_URI, PlantServer, make_certificate
 
 UTC = dt.UTC
@@ -148,17 +148,6 @@ def test_timestamps_convert_exactly_and_the_1601_minimum_means_none() -> None:
     assert epoch_ns(ts) == 1_736_143_200_123_456_000
     assert epoch_ns(dt.datetime(1601, 1, 1, tzinfo=UTC)) is None
     assert epoch_ns(None) is None
-
-
-def test_slot_values_become_start_and_end_events() -> None:
-    start, end = T0, T0 + dt.timedelta(hours=2)
-    values = ["B1", "clinker", start, dt.datetime(1601, 1, 1, tzinfo=UTC), 0.0, "t"]
-    assert batch_events_of_slot("OVEN", True, values, 0) == [
-        wire.BatchEvent("OVEN", "B1", "clinker", "start", ns(start))]
-    values = ["B1", "clinker", start, end, 41.5, "t"]
-    assert batch_events_of_slot("OVEN", False, values, 0) == [
-        wire.BatchEvent("OVEN", "B1", "clinker", "end", ns(end), 41.5, "t")]
-    assert batch_events_of_slot("OVEN", False, ["", "", start, end, 0.0, ""], 0) == []
 
 
 def test_config_refuses_inconsistent_security_and_bad_node_ids(tmp_path: Path) -> None:
@@ -359,29 +348,6 @@ async def test_wrong_password_gets_no_session() -> None:
         await server.stop()
 
 
-def test_slot_changes_beyond_the_queue_are_logged_and_counted(caplog) -> None:
-    """Past MAX_PENDING_SLOT_CHANGES waiting Running changes, a drop is never silent."""
-    from prometheus_client import REGISTRY
-
-    from edge.opcua import MAX_PENDING_SLOT_CHANGES, _Slot
-
-    cfg = server_config("opc.tcp://127.0.0.1:1/none")
-    cfg = cfg.model_copy(update={"name": "plc-flood"})
-    sub = OpcUaSubscriber(cfg, lambda _r: None, lambda _e: None)
-    sub._slots[7] = _Slot("OVEN", ())
-    item = ua.MonitoredItemNotification()
-    item.ClientHandle = 7
-    item.Value = ua.DataValue(ua.Variant(True))
-    with caplog.at_level("ERROR", logger="edge.opcua"):
-        sub._items_changed([item] * (MAX_PENDING_SLOT_CHANGES + 3))
-    dropped = REGISTRY.get_sample_value("edge_opcua_slot_changes_dropped_total",
-                                        {"server": "plc-flood"})
-    assert dropped == 3
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1  # the first drop of an overflow is logged, the rest counted
-    assert "opcua plc-flood" in errors[0] and "asset OVEN" in errors[0]
-
-
 @pytest.mark.slow
 async def test_a_node_the_server_lacks_is_logged_by_status_name_and_configured_id(
     caplog,
@@ -405,7 +371,8 @@ async def test_a_node_the_server_lacks_is_logged_by_status_name_and_configured_i
     finally:
         await server.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "edge.opcua"]
-    assert f"opcua plc1: cannot monitor node {missing}: BadNodeIdUnknown" in lines, lines
+    assert (f"opcua plc1: cannot monitor node {missing}: BadNodeIdUnknown "
+            "(meter M9 channel energy_kwh)") in lines, lines
     assert not [line for line in lines if "StatusCode(" in line or "NodeId(" in line], lines
 
 

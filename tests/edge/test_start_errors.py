@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ def site(tmp_path: Path, **changes: Any) -> Path:
     with ``changes`` applied to its top-level tables and keys."""
     key = tmp_path / "gw.pem"
     if not key.exists():
-        key.write_bytes(wire.private_key_pem(wire.generate_private_key()))
+        wire.write_private_key(key, wire.generate_private_key())
     data: dict[str, Any] = {
         "site": "plant-a", "gateway": "gw-start", "signing_key": "gw.pem",
         "spool": {"path": "spool.db", "synchronous": "NORMAL"},
@@ -82,6 +83,10 @@ def _key(prepare: str) -> Callable[[Path], Path]:
             key.mkdir()
         elif prepare == "garbage":
             key.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+            key.chmod(0o600)
+        elif prepare == "readable":  # a valid key the group may read: whoever reads it signs
+            key.write_bytes(wire.private_key_pem(wire.generate_private_key()))
+            key.chmod(0o640)
         return site(tmp, signing_key="other.pem")
     return make
 
@@ -98,6 +103,7 @@ CASES: dict[str, Callable[[Path], Path]] = {
     "key_missing": _key("missing"),
     "key_folder": _key("folder"),
     "key_garbage": _key("garbage"),
+    "key_readable": _key("readable"),
     # .invalid never resolves (RFC 6761): a typo in a host name needs an edit, not retries
     "kafka_host": lambda tmp: site(tmp, outputs={"kafka": {
         "bootstrap_servers": ["127.0.0.1:9092", "kafak-1.invalid:9092"]}}),
@@ -192,11 +198,24 @@ def test_metrics_addr_not_on_this_machine(outcomes: dict[str, Outcome]) -> None:
     ("key_missing", "does not exist (create it with --init-key)"),
     ("key_folder", "is a directory, expected a PEM key file"),
     ("key_garbage", "cannot load an Ed25519 PEM key"),
+    ("key_readable", "mode 0640 lets group or others read it; only its owner may (chmod 600"),
 ])
 def test_signing_key_unreadable(outcomes: dict[str, Outcome], case: str, says: str) -> None:
     outcome = outcomes[case]
     assert_one_line(outcome, "signing_key", str(outcome.folder / "other.pem"), says)
     assert not (outcome.folder / "spool.db").exists()  # refused before anything was taken
+
+
+def test_init_key_creates_its_folder_owner_only(tmp_path: Path) -> None:
+    config = site(tmp_path, signing_key="keys/new/gw.pem")
+    proc = subprocess.run([sys.executable, "-m", "edge", "--config", str(config), "--init-key"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    key = tmp_path / "keys/new/gw.pem"
+    gateway, public = proc.stdout.split()
+    assert gateway == "gw-start" and public == wire.public_key_b64(wire.load_private_key(key))
+    modes = [stat.S_IMODE(p.stat().st_mode) for p in (key.parent, key.parent.parent, key)]
+    assert modes == [0o700, 0o700, 0o600]
 
 
 # ------------------------------------------------------------------------ outputs
@@ -235,3 +254,17 @@ def test_kafka_merely_down_is_not_a_start_failure(tmp_path: Path) -> None:
     assert agent.returncode == 0, err
     assert "Traceback" not in err, err
     assert not [line for line in err.splitlines() if line.startswith("edge: ")], err
+
+
+@pytest.mark.parametrize(("field", "name"), [("meter", "Kiln 2"), ("channel", "power/1"),
+                                             ("meter", ""), ("channel", "é")])
+def test_opcua_meters_and_channels_follow_the_name_pattern(field: str, name: str) -> None:
+    """As Modbus meters do: ingest refuses any other name on the wire (bad_name)."""
+    from pydantic import ValidationError
+
+    from edge.opcua_config import MonitoredNode
+
+    good = {"node": "ns=2;s=Kiln2.Power", "meter": "L2-kiln", "channel": "power"}
+    assert MonitoredNode.model_validate(good).meter == "L2-kiln"
+    with pytest.raises(ValidationError, match=rf"{field}\n"):
+        MonitoredNode.model_validate({**good, field: name})

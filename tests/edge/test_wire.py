@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import stat
+import unicodedata
 
 import orjson
 import pytest
@@ -16,7 +18,9 @@ KEY = wire.generate_private_key()
 OTHER_KEY = wire.generate_private_key()
 KEYS = {"gw-kiln-1": KEY.public_key()}
 
-names = st.text(min_size=1, max_size=24)
+# meters and channels follow the name pattern; other text is any NFC string (canonical form)
+names = st.text(alphabet="abcXYZ019_.:-", min_size=1, max_size=24)
+texts = st.text(min_size=1, max_size=24).map(lambda t: unicodedata.normalize("NFC", t))
 ts_ns = st.integers(min_value=0, max_value=2**63 - 1)
 finite = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
@@ -24,15 +28,15 @@ finite = st.one_of(
 )
 readings = st.lists(
     st.builds(
-        wire.Reading, names, names, ts_ns, finite, names, st.sampled_from(sorted(wire.QUALITIES))
+        wire.Reading, names, names, ts_ns, finite, texts, st.sampled_from(sorted(wire.QUALITIES))
     ),
     max_size=40,
 )
 events = st.lists(
     st.builds(
-        wire.BatchEvent, names, names, names, st.sampled_from(["start", "end"]), ts_ns,
+        wire.BatchEvent, texts, texts, texts, st.sampled_from(["start", "end"]), ts_ns,
         st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
-        st.one_of(st.none(), names),
+        st.one_of(st.none(), texts),
     ),
     max_size=5,
 )
@@ -252,10 +256,105 @@ def test_signed_body_is_what_the_signature_covers() -> None:
 
 
 def test_keys_round_trip(tmp_path) -> None:
-    path = tmp_path / "gw.pem"
-    path.write_bytes(wire.private_key_pem(KEY))
+    path = tmp_path / "keys" / "gw.pem"
+    wire.write_private_key(path, KEY)
+    assert (stat.S_IMODE(path.parent.stat().st_mode), stat.S_IMODE(path.stat().st_mode)) == (
+        0o700, 0o600)
+    with pytest.raises(FileExistsError):
+        wire.write_private_key(path, OTHER_KEY)  # never overwritten
     loaded = wire.load_private_key(path)
     b64 = wire.public_key_b64(loaded)
     assert wire.decode(wire.encode(_frame(), loaded), {"gw-kiln-1": wire.public_key_from_b64(b64)})
     with pytest.raises(ValueError, match=r"signing key .*gw-missing\.pem"):
         wire.load_private_key(tmp_path / "gw-missing.pem")
+
+
+def test_a_key_file_others_may_read_is_refused(tmp_path) -> None:
+    path = tmp_path / "gw.pem"
+    wire.write_private_key(path, KEY)
+    for mode in (0o640, 0o604, 0o660):
+        path.chmod(mode)
+        with pytest.raises(ValueError, match=rf"gw\.pem: mode {mode:04o} lets group or others "
+                                             rf"read it; .*chmod 600"):
+            wire.load_private_key(path)
+    path.chmod(0o400)
+    assert wire.public_key_b64(wire.load_private_key(path)) == wire.public_key_b64(KEY)
+
+
+def _signed(body: bytes, key=KEY) -> bytes:
+    return wire.MAGIC + key.sign(body) + body
+
+
+def _reason(data: bytes, keys=KEYS) -> str:
+    with pytest.raises(wire.WireError) as err:
+        wire.decode(data, keys)
+    return err.value.reason
+
+
+CANONICAL = wire.canonical_bytes(_frame())
+
+
+@pytest.mark.parametrize("body", [
+    # a duplicate key: the decoder keeps the last, so two readers could disagree
+    CANONICAL[:-1] + b',"site":"other-site"}',
+    CANONICAL.replace(b'"seq":17', b'"seq": 17'),  # whitespace
+    CANONICAL.replace(b"{", b"{ ", 1),
+    # keys out of order
+    b'{"v":1,' + CANONICAL[1:].replace(b',"v":1', b""),
+    CANONICAL.replace(b"kWh", b"k\\u0057h"),  # an escape where the character belongs
+    # NFD: "é" as e + combining accent; NFC would be one code point
+    CANONICAL.replace(b"kWh", "ke\u0301".encode()),
+])
+def test_a_signed_body_not_in_canonical_form_is_refused(body: bytes) -> None:
+    assert body != CANONICAL
+    assert _reason(_signed(body)) == "not_canonical"
+
+
+def test_the_canonical_body_with_non_ascii_text_decodes() -> None:
+    body = CANONICAL.replace(b"kWh", "kWh·é".encode())
+    frame = wire.decode(_signed(body), KEYS)
+    assert isinstance(frame, wire.Frame) and frame.unit[0] == "kWh·é"
+
+
+@pytest.mark.parametrize(("over", "field"), [
+    ({"meter": ["EM 101"] * 3}, "meter"), ({"channel": ["a/b"] * 3}, "channel"),
+    ({"site": "plant a"}, "site"), ({"meter": ["M" * 201] * 3}, "meter"),
+    ({"meter": ["EM-101\n"] * 3}, "meter"),
+])
+def test_names_outside_the_name_pattern_are_refused(over: dict[str, object], field: str) -> None:
+    data = wire.encode(_frame(**over), KEY)
+    with pytest.raises(wire.WireError, match=rf"bad_name: .*{field} ") as err:
+        wire.decode(data, KEYS)
+    assert err.value.reason == "bad_name"
+    assert wire.valid_name("L2-kiln_1.a:b") and not wire.valid_name("")
+
+
+T_ROTATE = 1_764_000_001_000_000_000  # _frame()'s sent_ns
+
+
+def _ring(revoked: bool = False) -> dict[str, list[wire.GatewayKey]]:
+    # the old key until T + 10 s, the new one from T - 10 s: a 20 s overlap around T
+    return {"gw-kiln-1": [
+        wire.GatewayKey(KEY.public_key(), None, T_ROTATE + 10**10, revoked, "old"),
+        wire.GatewayKey(OTHER_KEY.public_key(), T_ROTATE - 10**10, None, False, "new")]}
+
+
+def test_rotation_both_keys_verify_in_the_overlap_and_each_only_in_its_period() -> None:
+    ring = _ring()
+    for key in (KEY, OTHER_KEY):
+        assert wire.decode(wire.encode(_frame(), key), ring).seq == 17
+    late = _frame(sent_ns=T_ROTATE + 10**10)  # the old key's period has ended
+    assert wire.decode(wire.encode(late, OTHER_KEY), ring).seq == 17
+    assert _reason(wire.encode(late, KEY), ring) == "key_not_valid"
+    early = _frame(sent_ns=T_ROTATE - 10**10 - 1)  # before the new key's period
+    assert _reason(wire.encode(early, OTHER_KEY), ring) == "key_not_valid"
+    stranger = wire.generate_private_key()
+    assert _reason(wire.encode(_frame(), stranger), ring) == "bad_signature"
+
+
+def test_a_revoked_key_verifies_nothing_whatever_the_time() -> None:
+    ring = _ring(revoked=True)
+    for sent in (0, T_ROTATE):
+        assert _reason(wire.encode(_frame(sent_ns=sent), KEY), ring) == "revoked_key"
+    assert wire.decode(wire.encode(_frame(), OTHER_KEY), ring).seq == 17
+    assert _reason(wire.encode(_frame(), KEY), {"gw-kiln-1": []}) == "unknown_gateway"

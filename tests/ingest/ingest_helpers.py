@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -59,6 +60,12 @@ class Gateway:
         return encode(msg, self.key)
 
 
+def binding(g: Gateway, **over: Any) -> dict[str, Any]:
+    """``[gateways.<id>]`` of a test gateway: its key, its site, its own meters, any asset."""
+    return {"public_key": public_key_b64(g.key), "site": g.site, "meters": [f"{g.name}-*"],
+            "assets": ["*"], **over}
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -70,6 +77,10 @@ def _toml_value(v: Any) -> str:
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    if any(isinstance(v, list) and v and isinstance(v[0], dict)
+           for g in data.get("gateways", {}).values() for v in g.values()):
+        path.write_text(tomli_w.dumps(data))  # arrays of tables (a gateway's keys)
+        return path
     lines: list[str] = []
 
     def table(prefix: str, d: dict[str, Any]) -> None:
@@ -90,7 +101,7 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
 def make_config(tmp_path: Path, services, topic_prefix: str) -> Callable[..., Path]:
     """Factory: a server TOML for these gateways, DSN and overrides ({table: {key: v}})."""
 
-    def make(dsn: str, gateways: list[Gateway], name: str = "server.toml",
+    def make(dsn: str, gws: list[Gateway], name: str = "server.toml",
              **tables: dict[str, Any]) -> Path:
         data: dict[str, Any] = {
             "kafka": {"bootstrap_servers": [services.kafka_bootstrap],
@@ -99,7 +110,7 @@ def make_config(tmp_path: Path, services, topic_prefix: str) -> Callable[..., Pa
             "database": {"dsn": dsn, "reconnect_max_s": 1.0},
             "metrics": {"port": 0},
             "bridge": {"metrics_port": 0},  # tests that scrape it pick a free port
-            "gateways": {g.name: {"public_key": public_key_b64(g.key)} for g in gateways},
+            "gateways": {g.name: binding(g) for g in gws},
         }
         for t, values in tables.items():
             data.setdefault(t, {}).update(values)

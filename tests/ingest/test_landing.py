@@ -64,8 +64,9 @@ def test_odd_text_and_batches_land_exactly(new_database, make_config, producer, 
     migrate(dsn)
     g = Gateway("gw2", meters=2)
     f = g.frame(t_ns=T0_NS + 123_456_789)
-    f = type(f)(f.site, f.gateway, f.seq, f.sent_ns, ["m\tone", "m\\two\n"], ["e", "e"],
-                f.ts_ns, [1.5, 10**15], ["kWh", "kWh"], ["good", "bad"])
+    # names follow the name pattern (edge.wire refuses others: bad_name); units are free text
+    f = type(f)(f.site, f.gateway, f.seq, f.sent_ns, ["gw2-m0", "gw2-m1"], ["e", "e"],
+                f.ts_ns, [1.5, 10**15], ["k\tWh", "k\\Wh\n"], ["good", "bad"])
     consumer = IngestConsumer(load_config(make_config(dsn, [g])))
     consumer.start()
     try:
@@ -75,9 +76,9 @@ def test_odd_text_and_batches_land_exactly(new_database, make_config, producer, 
         drain(consumer, dsn, 3)
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(
-                "SELECT meter, value, quality, ts = '2026-01-01 00:00:00.123456+00' "
+                "SELECT unit, value, quality, ts = '2026-01-01 00:00:00.123456+00' "
                 "FROM reading ORDER BY meter").fetchall()
-            assert rows == [("m\tone", 1.5, "good", True), ("m\\two\n", 1e15, "bad", True)]
+            assert rows == [("k\tWh", 1.5, "good", True), ("k\\Wh\n", 1e15, "bad", True)]
             events = conn.execute("SELECT batch_id, kind, ts FROM batch_event ORDER BY ts")
             assert [(b, k) for b, k, _ in events] == [("B-1", "start"), ("B-1", "end")]
     finally:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ingest_helpers import T0_NS, Gateway
+from ingest_helpers import T0_NS, Gateway, binding
 
-from edge.wire import MAGIC, encode, public_key_b64
+from edge.wire import MAGIC, encode
 from ingest.config import ServerConfig
 from ingest.consumer import IngestConsumer
 from ingest.screen import Limits, screen
@@ -73,7 +73,7 @@ def test_copy_text_escapes_and_round_trips_through_a_copy_parser() -> None:
 
 
 GW = Gateway("gw1", meters=3)
-CFG = ServerConfig.model_validate({"gateways": {"gw1": {"public_key": public_key_b64(GW.key)}}})
+CFG = ServerConfig.model_validate({"gateways": {"gw1": binding(GW)}})
 VALID = encode(GW.frame(t_ns=T0_NS), GW.key)
 
 

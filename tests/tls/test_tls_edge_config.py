@@ -109,13 +109,30 @@ def test_tls_files_without_tls_would_send_in_clear_text_and_are_refused(
         "PLAINTEXT does not use TLS: remove them, or enable it" in message
     message = _refused(tmp_path, kafka={
         "bootstrap_servers": ["broker:9092"], "security_protocol": "SASL_PLAINTEXT",
-        "sasl_mechanism": "PLAIN", "sasl_username": "gw", "sasl_password": "pw",
+        "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "gw", "sasl_password": "pw",
         "ssl_password": "x"})
     assert "ssl_password set but security_protocol SASL_PLAINTEXT does not use TLS" in message
     message = _refused(tmp_path, mqtt={"url": "mqtt://broker:1883", "ca_file": "pki/ca.pem",
                                        "tls_insecure": True})
     assert "outputs.mqtt: Value error, ca_file, tls_insecure set but url mqtt://broker:1883 " \
         "does not use TLS (mqtts://)" in message
+
+
+def test_credentials_in_clear_text_are_refused_unless_explicitly_allowed(tmp_path: Path) -> None:
+    sasl = {"bootstrap_servers": ["broker:9092"], "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN", "sasl_username": "gw", "sasl_password": "pw-secret"}
+    message = _refused(tmp_path, kafka=sasl)
+    assert "outputs.kafka: Value error, sasl_mechanism PLAIN over SASL_PLAINTEXT sends the " \
+        "password in clear text: use SASL_SSL (or SCRAM), or set allow_cleartext_password" \
+        in message and "pw-secret" not in message
+    login = {"url": "mqtt://broker:1883", "username": "gw", "password": "pw-secret"}
+    message = _refused(tmp_path, mqtt=login)
+    assert "outputs.mqtt: Value error, a password over mqtt://broker:1883 travels in clear " \
+        "text: use mqtts://, or set allow_cleartext_password = true" in message
+    assert "pw-secret" not in message
+    cfg = _load(tmp_path, kafka={**sasl, "allow_cleartext_password": True},
+                mqtt={**login, "allow_cleartext_password": True})
+    assert cfg.outputs.mqtt is not None and cfg.outputs.mqtt.username == "gw"
 
 
 def test_a_missing_file_names_the_key_and_the_path(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from edge.spool import Spool, SpoolConfig
 from ingest.config import KafkaConfig, ServerConfig, load_config
 from ingest.consumer import IngestConsumer
 from ingest.migrate import migrate
-from tests.ingest.ingest_helpers import Gateway
+from tests.ingest.ingest_helpers import Gateway, binding
 
 pytestmark = pytest.mark.services
 SITE = "plant-tls"
@@ -86,11 +86,14 @@ async def test_ingest_lands_frames_from_mutual_tls_kafka_in_postgresql(
                           ssl_password=SecretStr(KEY_PASSWORD))
         await _publish_all(out, spool)
         # file names relative to the config file's folder, as an operator writes them
-        cfg = load_config(make_config(dsn, [Gateway("gw1", key=key)], kafka={
+        gw = Gateway("gw1", site=SITE, key=key)  # bound to the spooled frames' site and meters
+        tls = {
             "bootstrap_servers": [kafka.bootstrap], "security_protocol": "SSL",
             "ssl_cafile": "pki/ca.pem", "ssl_certfile": "pki/client.crt",
             "ssl_keyfile": "pki/client-enc.key", "ssl_password": KEY_PASSWORD,
-        }))
+        }
+        cfg = load_config(make_config(dsn, [gw], kafka=tls,
+                                      gateways={"gw1": binding(gw, meters=["m*"])}))
         assert cfg.kafka.ssl_keyfile == pki.client_key_encrypted
         rows = await asyncio.to_thread(_land, cfg, dsn, FRAMES * 3)
         assert kafka.proxy.refusals == []

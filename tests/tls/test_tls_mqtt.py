@@ -52,10 +52,13 @@ def _edge_output(broker: MosquittoBroker, pki: Pki, root: str, ca: Path) -> Mqtt
 
 
 def _bridge_config(make_config: Callable[..., Path], broker: MosquittoBroker, root: str,
-                   tmp_path: Path, kafka: Mapping[str, object], **bridge: object,
+                   tmp_path: Path, kafka: Mapping[str, object],
+                   gateways: Mapping[str, object] | None = None, **bridge: object,
                    ) -> ServerConfig:
-    """TLS files named relative to the config file, as an operator writes them."""
-    return load_config(make_config("postgresql://127.0.0.1/unused", [], kafka=kafka, bridge={
+    """TLS files named relative to the config file, as an operator writes them; the
+    bridge forwards only frames of ``gateways`` (it verifies their signatures)."""
+    return load_config(make_config("postgresql://127.0.0.1/unused", [], kafka=kafka,
+                                   gateways=dict(gateways or {}), bridge={
         "url": f"mqtts://127.0.0.1:{broker.port}",
         "username": "bridge", "password": USERS["bridge"], "topic_root": root,
         "client_id": f"bridge-{uuid.uuid4().hex[:8]}", "readback_idle_s": 0.5,
@@ -84,8 +87,11 @@ async def test_edge_to_bridge_to_kafka_all_over_mutual_tls(
         kafka_tls = {"bootstrap_servers": [kafka.bootstrap], "security_protocol": "SSL",
                      "ssl_cafile": "pki/ca.pem", "ssl_certfile": "pki/client.crt",
                      "ssl_keyfile": "pki/client.key"}
+        binding = {"public_key": wire.public_key_b64(key), "site": SITE, "meters": ["*"],
+                   "assets": ["*"]}
         cfg = _bridge_config(make_config, mqtts, root, tmp_path, kafka_tls,
-                             ca_file="pki/ca.pem", cert_file="pki/client.crt",
+                             {"gw-tls-01": binding}, ca_file="pki/ca.pem",
+                             cert_file="pki/client.crt",
                              key_file="pki/client.key")
         bridge = Bridge(cfg)
         try:
