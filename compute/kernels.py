@@ -4,7 +4,8 @@ Every kernel is a jitted ``_..._impl`` over contiguous int64/float64 arrays
 (timestamps in epoch ns) and a thin typed wrapper that checks what it is given
 and calls it: no I/O, no Python objects inside, results are numpy arrays.
 The allocation kernels (boundary splitting, batch timeline, overlap) are in
-``compute/kernels_alloc.py``. Only modules named ``kernels*`` import numba.
+``compute/kernels_alloc.py``, the count register's hidden fraction in
+``compute/kernels_dequant.py``. Only modules named ``kernels*`` import numba.
 
 Interval quality flags (bits of an int64, ARCHITECTURE.md "Meter semantics"):
 ``MEASURED`` 0; ``ESTIMATED`` some of the energy is an estimate; ``GAP`` the
@@ -25,14 +26,16 @@ from numba import njit
 
 from compute.kernels_alloc import allocate_overlap, split_at_knots, weight_segments
 from compute.kernels_check import F64, I64, floats, ints, require_sorted, same_length
+from compute.kernels_dequant import FractionState, dequantise
 from compute.kernels_many import allocate_overlap_many, knots_many, merge_pairs
 from compute.kernels_smooth import SmoothCarry, smooth_rate, smooth_rate_resume
 
 __all__ = [
     "CATCH_UP", "ESTIMATED", "GAP", "MEASURED", "NON_MONOTONIC", "NO_TS", "OPEN_END", "RESET",
-    "ROLLOVER", "SPIKE", "CounterIntervals", "CounterState", "SmoothCarry", "allocate_overlap",
-    "allocate_overlap_many", "knots_many", "merge_pairs", "resample_energy", "smooth_rate",
-    "smooth_rate_resume", "split_at_knots", "sum_by_key", "unwrap_counter", "weight_segments",
+    "ROLLOVER", "SPIKE", "CounterIntervals", "CounterState", "FractionState", "SmoothCarry",
+    "allocate_overlap", "allocate_overlap_many", "dequantise", "knots_many", "merge_pairs",
+    "resample_energy", "smooth_rate", "smooth_rate_resume", "split_at_knots", "sum_by_key",
+    "unwrap_counter", "weight_segments",
 ]
 
 MEASURED = 0

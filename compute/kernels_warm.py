@@ -28,6 +28,7 @@ def _touch_every_kernel() -> None:
     i, f = np.zeros(2, np.int64), np.zeros(2)
     i[1] = 1
     K.unwrap_counter(i, f, K.CounterState(), 0.0, 1.0, 0.0, 1)
+    K.dequantise(i, i, f, i, f, f, 0.1, K.FractionState.fresh(0.1))
     K.resample_energy(i, i, f, i, i)
     K.smooth_rate(i, i, f, 1)
     K.smooth_rate_resume(i, i, f, 1, K.smooth_rate_resume(i, i, f, 1, None)[1])

@@ -3,7 +3,9 @@
 Per meter the worker keeps a :class:`MeterCarry` (the counter's last reading,
 baseline and rate, the last power value, the carbon meter's CO2 counter) and
 turns each micro-batch of readings into new :class:`compute.model.Intervals`
-with the unwrap kernel. Cutting the stream anywhere gives the same intervals
+with the unwrap kernel; an integer counter's shown counts are then refined with
+its power channel (``kernels.dequantise``: the energy hidden below one count,
+never more than a count off). Cutting the stream anywhere gives the same intervals
 (the carry holds everything the next cut needs; tested). Readings of quality
 ``bad`` are not counter values and are skipped (by intake); a reading not
 newer than the meter's last one (repeated, or out of order within the meter)
@@ -43,6 +45,8 @@ class MeterCarry:
     co2: kernels.CounterState = field(default_factory=kernels.CounterState)
     power_ts: int = -1
     power: float = math.nan  # canonical rate unit
+    # an integer counter's hidden fraction (kernels.dequantise); None before its first interval
+    fraction: kernels.FractionState | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,15 @@ def advance(carry: MeterCarry, spec: CounterSpec, rd: Readings,
     p_start, p_end = at[:-1], at[1:]
     if len(p_ts):
         carry.power_ts, carry.power = int(p_ts[-1]), float(p_val[-1])
+    energy, estimated = out.energy, out.estimated
+    if spec.resolution > 0 and len(end):  # whole counts shown: estimate what is hidden
+        res = spec.resolution * spec.factor
+        energy, carry.fraction = kernels.dequantise(
+            start, end, out.energy, out.flags, p_start, p_end, res,
+            carry.fraction or kernels.FractionState.fresh(res))
+        # an estimated interval stays estimated whole; a part estimated stays that part
+        estimated = f64(np.where(out.estimated >= out.energy, energy,
+                                 np.minimum(out.estimated, energy)))
     co2 = np.full(len(end), np.nan)
     if co2_spec is not None and len(rd.co2[0]):
         c_ts, c_val = rd.co2
@@ -93,5 +106,4 @@ def advance(carry: MeterCarry, spec: CounterSpec, rd: Readings,
         idx = np.searchsorted(c.end, end)
         hit = (idx < len(c.end)) & (c.end[np.minimum(idx, max(len(c.end) - 1, 0))] == end)
         co2[hit] = c.energy[idx[hit]] * 1e3  # a kg counter is canonical in t: back to kg
-    return Intervals(start, end, out.energy, out.estimated, out.flags, p_start, p_end,
-                     f64(co2))
+    return Intervals(start, end, energy, estimated, out.flags, p_start, p_end, f64(co2))

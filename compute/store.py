@@ -132,7 +132,8 @@ def _indexed(names: list[str]) -> tuple[list[str], str]:
 
 def carry_json(c: MeterCarry) -> bytes:
     return orjson.dumps({"energy": list(c.energy), "co2": list(c.co2),
-                         "power_ts": c.power_ts, "power": c.power},
+                         "power_ts": c.power_ts, "power": c.power,
+                         "fraction": None if c.fraction is None else list(c.fraction)},
                         option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -141,7 +142,16 @@ def carry_from_json(raw: object) -> MeterCarry:
     return MeterCarry(kernels.CounterState(*_state(d["energy"])),
                       kernels.CounterState(*_state(d["co2"])),
                       int(d["power_ts"]), float(d["power"]) if d["power"] is not None
-                      else float("nan"))
+                      else float("nan"), _fraction(d.get("fraction")))
+
+
+def _fraction(v: object) -> kernels.FractionState | None:
+    """A stored hidden-fraction range (absent in carries written before it existed: the
+    range starts afresh at the meter's next interval, as at its first)."""
+    if not isinstance(v, list):
+        return None
+    lo, hi, mid, restarts = v
+    return kernels.FractionState(float(lo), float(hi), float(mid), int(restarts))
 
 
 def _state(v: Sequence[object]) -> tuple[int, float, float, int, int]:

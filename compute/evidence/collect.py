@@ -29,7 +29,8 @@ from compute.site import SiteModel
 from compute.store import ns_sql, ts_sql
 
 Conn = psycopg.Connection[tuple[object, ...]]
-WARMUP_NS = 3_600 * 10**9  # readings before the context: each counter's baseline and rate
+WARMUP_NS = 3_600 * 10**9  # readings before the context: each counter's baseline and rate,
+# and its hidden fraction past an anchor (compute.kernels_dequant.ANCHOR_NS, half of this)
 
 _FOOTPRINT = f"""SELECT site, batch_id, revision, status, asset, product, {ns_sql('start_ts')},
     {ns_sql('end_ts')}, quantity, unit, declared_units, energy, energy_unit, uncertainty,
