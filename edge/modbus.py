@@ -291,12 +291,16 @@ class ModbusPoller:
             self._client.close()
             self._client = None
 
-    async def _read(self, client: AsyncModbusTcpClient, req: ReadRequest[PointSpec]) -> list[int]:
+    async def _read(self, client: AsyncModbusTcpClient, req: ReadRequest[PointSpec]
+                    ) -> tuple[list[int], int]:
+        """The block's registers and the gateway time the answered try was sent: a device
+        that said "busy" first sampled its registers for the last try, not the first."""
         call = (
             client.read_holding_registers if req.table == "holding" else client.read_input_registers
         )
         where = f"{req.table} {req.address}x{req.count} at {self._endpoint}"
         for attempt in range(self.device.busy_retries + 1):
+            sent_ns = self.clock.now_ns()
             try:
                 resp = await call(req.address, count=req.count, device_id=self.device.unit_id)
             except ModbusException as exc:
@@ -308,7 +312,7 @@ class ModbusPoller:
                     raise ModbusPollError(
                         self.meter, "short", f"{where}: got {len(resp.registers)} registers"
                     )
-                return list(resp.registers)
+                return list(resp.registers), sent_ns
             code = getattr(resp, "exception_code", None)
             if code != DEVICE_BUSY:
                 raise ModbusPollError(self.meter, "exception", f"{where}: exception code {code}")
@@ -351,9 +355,8 @@ class ModbusPoller:
             result.errors.append(exc)
         else:
             for read in self.plan:
-                sent_ns = now_ns()
                 try:
-                    regs = await self._read(client, read.request)
+                    regs, sent_ns = await self._read(client, read.request)
                 except ModbusPollError as exc:
                     result.errors.append(exc)
                     result.blocks.append(BlockRead(read, error=exc))

@@ -184,6 +184,29 @@ async def test_device_busy_is_retried_a_bounded_number_of_times():
         assert as_dict(await p.poll()) == {"p": 12345.0}
 
 
+async def test_a_busy_device_is_stamped_from_the_try_it_answered():
+    """Busy twice, 0.3 s apart, then an answer: the device sampled for the last try, so
+    the reading is stamped halfway through that one, and the wait for the retries does
+    not make the answer 'too slow' (max_answer_s 0.1 s here) or drop it."""
+    regs = pymodbus_registers(12345.0, "float32", "ABCD")
+    profile = Profile.model_validate(
+        {"family": "x", "points": [{"channel": "p", "address": 0, "type": "float32"}]})
+    async with pymodbus_peer(regs) as (peer, port):
+        dev = device(profile, port, meter="BUSY1", busy_retries=3, busy_retry_delay_s=0.3)
+        p = ModbusPoller(dev, max_answer_s=0.1)
+        await p.start()
+        try:
+            peer.busy_left = 2
+            got = await p.poll()
+            assert as_dict(got) == {"p": 12345.0} and not got.errors
+            block = got.blocks[0]
+            assert block.received_ns - block.sent_ns < 100_000_000  # the answered try only
+            assert got.ts_ns[0] - got.poll_ns >= 550_000_000  # two waits of 0.3 s before it
+            assert _read_errors("BUSY1") == {"busy": 2}
+        finally:
+            await p.close()
+
+
 async def test_an_answer_too_slow_to_stamp_is_not_sent_and_said_once(caplog):
     """A reading is stamped halfway between request and answer: an answer slower than
     ``[clock] max_answer_s`` leaves its time unknown by more than half of that, so its
