@@ -60,6 +60,9 @@ class SiteSpec(Protocol):
     def split_of(self, asset: str) -> str: ...
 
 
+Spread = tuple[I64, I64, F64]  # (start, end, energy) of pieces in time order
+
+
 @dataclass
 class MeterAllocation:
     """Where one meter's intervals went (pairs of interval index, batch index, energy)."""
@@ -73,9 +76,11 @@ class MeterAllocation:
     allocated_energy: F64  # what was allocated per interval: energy, or a parent's residual
     uncertainty: F64  # per pair, same unit as energy (boundary spread and estimates)
     estimated: F64  # per pair: estimated part of the pair's energy
-    # how the meter's energy is spread in time (split at knots): a parent's residual
-    # subtracts its children's energy re-binned from these, not from raw intervals
-    spread: tuple[I64, I64, F64] | None = None
+    # how the meter's energy is spread in time, as pieces (start, end, energy): an asset
+    # or shared meter's intervals split at knots; a parent's residual per interval and its
+    # children's pieces. A parent's residual subtracts its children's energy re-binned
+    # from these, not from their raw intervals
+    spread: tuple[Spread, ...] | None = None
     # per interval, the meter's energy as allocated from: as counted, or with a frozen
     # register's catch-up spread back (respread_catch_ups); None: as counted
     metered: F64 | None = None
@@ -269,7 +274,7 @@ def allocate_meters(metered: Sequence[tuple[str, Intervals, tuple[str, ...], str
         a, b, lo, hi, sa, sb = p_off[r], p_off[r + 1], off[r], off[r + 1], s_off[r], s_off[r + 1]
         out[meter] = MeterAllocation(meter, rule, pi[a:b] - lo, pb[a:b], pe[a:b], unalloc[lo:hi],
                                      m_iv.energy, pair_unc[a:b], estimated[a:b],
-                                     (s_start[sa:sb], s_end[sa:sb], s_energy[sa:sb]))
+                                     ((s_start[sa:sb], s_end[sa:sb], s_energy[sa:sb]),))
     return out
 
 
@@ -366,9 +371,9 @@ def _record_methods(methods: dict[str, set[str]], batches: Sequence[Batch], pi: 
         methods.setdefault(batches[b].batch_id, set()).add(how)
 
 
-def residual(parent: Intervals, children: Sequence[tuple[I64, I64, F64]]) -> F64:
-    """Parent − Σ children per parent interval; each child given as its spread in time
-    (start, end, energy), re-binned onto the parent's intervals."""
+def residual(parent: Intervals, children: Sequence[Spread]) -> F64:
+    """Parent − Σ children per parent interval; the children given as pieces of their
+    spread in time (start, end, energy), re-binned onto the parent's intervals."""
     total = parent.energy.copy()
     for start, end, energy in children:
         total -= kernels.resample_energy(start, end, energy, parent.start, parent.end)
@@ -472,7 +477,7 @@ def meter_order(site: SiteSpec) -> list[tuple[str, MeterSpec]]:
     return got[1]
 
 
-def parent_coverage(parent: Intervals, spreads: Sequence[tuple[I64, I64, F64]]) -> int:
+def parent_coverage(parent: Intervals, spreads: Sequence[Spread]) -> int:
     """How many of the parent's intervals every child's spread covers (residual
     computable). A child that is itself a parent spreads only as far as *its* residual
     is computable, i.e. as far as all its own children reported: a grandchild that is
@@ -488,13 +493,18 @@ def _allocate_parent(meter: str, spec: MeterSpec, iv: Intervals,
                      scope: Scope, rule: str, idle_next: bool, half_ns: int,
                      cache: AllocCache | None = None) -> MeterAllocation:
     """The residual (unmetered loads: lighting, HVAC, auxiliaries), its rate smoothed over
-    ± ``half_ns``, spread evenly in time within each interval."""
-    spreads = []
+    ± ``half_ns``, spread evenly in time within each interval.
+
+    A child that is a parent itself (a line incomer under the site incomer) is taken as
+    its own residual per interval plus its children's pieces, not as its intervals spread
+    evenly: a machine that stops inside a long interval of the line incomer stops at the
+    right moment for the site's residual too (its feeder's interval is split there)."""
+    spreads: list[Spread] = []
     for c in spec.children:
         got = done.get(c)
         raw = series.get(c, Intervals())
-        spreads.append(got.spread if got is not None and got.spread is not None
-                       else (raw.start, raw.end, raw.energy))
+        spreads += (got.spread if got is not None and got.spread is not None
+                    else ((raw.start, raw.end, raw.energy),))
     n = parent_coverage(iv, spreads)
     head = iv.slice(0, n)
     raw_res = residual(head, spreads)
@@ -516,6 +526,9 @@ def _allocate_parent(meter: str, spec: MeterSpec, iv: Intervals,
     # where the parent's energy was spread in time by estimate (a gap, a frozen register's
     # catch-up), so were its children's: the residual there is the difference of two
     # estimates, each batch's share of it uncertain by half (as a reset's guess)
+    # its energy in time: the residual evenly within each interval (it sums with the
+    # children's pieces to the meter's energy, interval by interval), and the children's
+    # pieces, whose last ends reach at least as far as the residual does
     return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), res,
                            f64(0.5 * np.abs(estimated)), estimated,
-                           (head.start, head.end, head.energy))
+                           ((head.start, head.end, raw_res), *spreads))
