@@ -16,7 +16,6 @@ are in order but late — a meter back after its batches were final — become
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,8 +42,12 @@ class MeterCarry:
 
     energy: kernels.CounterState = field(default_factory=kernels.CounterState)
     co2: kernels.CounterState = field(default_factory=kernels.CounterState)
-    power_ts: int = -1
-    power: float = math.nan  # canonical rate unit
+    # the power readings the next intervals may still read (sample and hold): the last
+    # at or before the counter's last reading, and every later one (ns, canonical rate
+    # unit). A micro-batch may bring a meter's power without its counter (the counter's
+    # request failed or was too slow), and the next interval starts back at the counter
+    power_ts: I64 = field(default_factory=i64)
+    power: F64 = field(default_factory=f64)
     # an integer counter's hidden fraction (kernels.dequantise); None before its first interval
     fraction: kernels.FractionState | None = None
 
@@ -66,13 +69,32 @@ def _unwrap(ts: I64, value: F64, state: kernels.CounterState,
         resolution=spec.resolution * f, gap_ns=int(spec.gap_s * 1e9))
 
 
-def _power_at(t: I64, p_ts: I64, p_val: F64, prior_ts: int, prior: float) -> F64:
-    """The power channel's value at or before each ``t`` (sample and hold)."""
-    all_ts = np.concatenate([i64([prior_ts]), p_ts])
-    all_val = np.concatenate([f64([prior]), p_val])
-    k = np.searchsorted(all_ts, t, side="right") - 1
-    out = np.where(k >= 0, all_val[np.maximum(k, 0)], np.nan)
+# power readings held for a counter that stays silent (each poll's, until the counter is
+# read again): about a week at one a minute; beyond it the oldest after the anchor go
+MAX_HELD_POWER = 10_000
+
+
+def _power_at(t: I64, p_ts: I64, p_val: F64) -> F64:
+    """The power channel's value at or before each ``t`` (sample and hold; NaN before
+    the first)."""
+    if not len(p_ts):
+        return f64(np.full(len(t), np.nan))
+    k = np.searchsorted(p_ts, t, side="right") - 1
+    out = np.where(k >= 0, p_val[np.maximum(k, 0)], np.nan)
     return f64(out)
+
+
+def _held_power(carry: MeterCarry, p_ts: I64, p_val: F64) -> tuple[I64, F64]:
+    """The carry's held power readings and the micro-batch's, in time order (a stable
+    sort: of readings with one time stamp, the one that came last counts)."""
+    if not len(carry.power_ts):
+        return p_ts, p_val
+    all_ts = np.concatenate([carry.power_ts, p_ts])
+    all_val = np.concatenate([carry.power, p_val])
+    if len(p_ts) and p_ts[0] < carry.power_ts[-1]:
+        order = np.argsort(all_ts, kind="stable")
+        all_ts, all_val = all_ts[order], all_val[order]
+    return i64(all_ts), f64(all_val)
 
 
 def advance(carry: MeterCarry, spec: CounterSpec, rd: Readings,
@@ -82,13 +104,17 @@ def advance(carry: MeterCarry, spec: CounterSpec, rd: Readings,
     out = _unwrap(ts, value, carry.energy, spec)
     carry.energy = out.state
     start, end = out.start, out.end
-    p_ts, p_val = rd.power  # canonical rate unit (the caller converts W to kW)
+    # canonical rate unit (the caller converts W to kW), with what the carry holds
+    p_ts, p_val = _held_power(carry, *rd.power)
     # intervals follow one another (each starts at the previous one's end): one look-up
     # at every end and at the first start gives both ends' power
-    at = _power_at(np.concatenate([start[:1], end]), p_ts, p_val, carry.power_ts, carry.power)
+    at = _power_at(np.concatenate([start[:1], end]), p_ts, p_val)
     p_start, p_end = at[:-1], at[1:]
-    if len(p_ts):
-        carry.power_ts, carry.power = int(p_ts[-1]), float(p_val[-1])
+    # keep what the next intervals read: from the last reading at or before the
+    # counter's last one on (the one-shot result for any cut of the stream)
+    keep = max(int(np.searchsorted(p_ts, carry.energy.last_ts, side="right")) - 1, 0)
+    keep = max(keep, len(p_ts) - MAX_HELD_POWER)
+    carry.power_ts, carry.power = p_ts[keep:], p_val[keep:]
     energy, estimated = out.energy, out.estimated
     if spec.resolution > 0 and len(end):  # whole counts shown: estimate what is hidden
         res = spec.resolution * spec.factor

@@ -315,9 +315,13 @@ class SiteState:
         final_now = {b for b, s in self.stored.items() if s.status != "provisional"}
         live = [m for m, c in coverage.items()
                 if self.data_now_ns - c < self.view.final_timeout_s * 1e9]
-        # never past what every live meter reported, nor past the batch events known
+        # never past what every live meter reported, nor past the batch events known by
+        # the residual smoothing's reach: a batch boundary within it is a knot in the
+        # sub-meters' spread, which moves a parent's residual there and so its smoothed
+        # share in intervals already settled (the number would then depend on whether the
+        # MES's event came before or after the meters' readings)
         floor = min(min((coverage[m] for m in live), default=self.data_now_ns),
-                    self.events_until)
+                    self.events_until - self._margin)
         w = window_start(batches, final_now, self.view.idle_policy == "next_batch", floor,
                          self.view.model.assets, self.settled_until, self.data_now_ns)
         if w <= self.settled_until:

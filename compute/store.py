@@ -12,6 +12,7 @@ stored here (:meth:`ComputeStore.restore`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import psycopg
 
 from compute import kernels
 from compute.footprint import Footprint
-from compute.model import Batch, Intervals, StateChanges, f64, i64
+from compute.model import F64, I64, Batch, Intervals, StateChanges, f64, i64
 from compute.series import MeterCarry
 from compute.site import CANONICAL_UNIT
 from compute.site_state import Outcome, SiteState, Stored
@@ -132,7 +133,7 @@ def _indexed(names: list[str]) -> tuple[list[str], str]:
 
 def carry_json(c: MeterCarry) -> bytes:
     return orjson.dumps({"energy": list(c.energy), "co2": list(c.co2),
-                         "power_ts": c.power_ts, "power": c.power,
+                         "power_ts": c.power_ts, "power": c.power,  # arrays (NaN: null)
                          "fraction": None if c.fraction is None else list(c.fraction)},
                         option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -141,8 +142,17 @@ def carry_from_json(raw: object) -> MeterCarry:
     d = raw if isinstance(raw, dict) else orjson.loads(raw)  # type: ignore[arg-type]
     return MeterCarry(kernels.CounterState(*_state(d["energy"])),
                       kernels.CounterState(*_state(d["co2"])),
-                      int(d["power_ts"]), float(d["power"]) if d["power"] is not None
-                      else float("nan"), _fraction(d.get("fraction")))
+                      *_held_power(d["power_ts"], d["power"]), _fraction(d.get("fraction")))
+
+
+def _held_power(ts: object, power: object) -> tuple[I64, F64]:
+    """The held power readings; a carry written before they were lists held the last
+    one alone (-1 and null: none yet)."""
+    if not isinstance(ts, list):
+        ts, power = ([ts], [power]) if isinstance(ts, int) and ts >= 0 else ([], [])
+    assert isinstance(power, list)
+    return (np.array(ts, dtype=np.int64),
+            np.array([math.nan if p is None else float(p) for p in power], dtype=np.float64))
 
 
 def _fraction(v: object) -> kernels.FractionState | None:
