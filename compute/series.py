@@ -121,9 +121,10 @@ def advance(carry: MeterCarry, spec: CounterSpec, rd: Readings,
         energy, carry.fraction = kernels.dequantise(
             start, end, out.energy, out.flags, p_start, p_end, res,
             carry.fraction or kernels.FractionState.fresh(res))
-        # an estimated interval stays estimated whole; a part estimated stays that part
-        estimated = f64(np.where(out.estimated >= out.energy, energy,
-                                 np.minimum(out.estimated, energy)))
+        # an interval estimated whole stays so; a part estimated stays that part at most
+        # (a measured interval of no counts, refined to a little energy, stays measured)
+        whole = ((out.flags & kernels.ESTIMATED) != 0) & (out.estimated >= out.energy)
+        estimated = f64(np.where(whole, energy, np.minimum(out.estimated, energy)))
     co2 = np.full(len(end), np.nan)
     if co2_spec is not None and len(rd.co2[0]):
         c_ts, c_val = rd.co2

@@ -82,3 +82,17 @@ def test_power_read_without_the_counter_still_gives_the_next_interval_its_start(
     iv = _joined(parts)
     assert iv["p_start"].tolist() == [100.0] and iv["p_end"].tolist() == [41.0]
     assert carry.power_ts.tolist() == [t + 98 * S]  # held from the counter's last reading on
+
+
+def test_a_refined_interval_of_no_counts_stays_measured() -> None:
+    """An EM24 feeder that did not tick in a poll still drew energy: the refinement gives
+    the interval some, and it is measured energy (counts and the meter's own power),
+    not an estimate that would lower the primary data share."""
+    t = 1_700_000_000 * S
+    stream = [(t + k * 50 * S, 1000.0 + 0.1 * (k // 2), t + k * 50 * S, 4.0)
+              for k in range(12)]  # 4 kW: 0.056 kWh a poll, a count every other poll
+    parts, _ = _run(stream, [])
+    iv = _joined(parts)
+    assert (iv["flags"] == 0).all() and (iv["estimated"] == 0).all()
+    assert (iv["energy"][iv["energy"] > 0] < 0.1).any()  # refined, not whole counts
+    assert abs(iv["energy"].sum() - 0.5) < 0.1  # the counts' total within one count
