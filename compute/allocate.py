@@ -526,9 +526,10 @@ def _allocate_parent(meter: str, spec: MeterSpec, iv: Intervals,
     # where the parent's energy was spread in time by estimate (a gap, a frozen register's
     # catch-up), so were its children's: the residual there is the difference of two
     # estimates, each batch's share of it uncertain by half (as a reset's guess)
+    uncertainty = f64(0.5 * np.abs(estimated))
     # its energy in time: the residual evenly within each interval (it sums with the
     # children's pieces to the meter's energy, interval by interval), and the children's
     # pieces, whose last ends reach at least as far as the residual does
-    return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), res,
-                           f64(0.5 * np.abs(estimated)), estimated,
-                           ((head.start, head.end, raw_res), *spreads))
+    spread = ((head.start, head.end, raw_res), *spreads)
+    return MeterAllocation(meter, rule, pi, pb, pe, f64(unalloc), res, uncertainty,
+                           estimated, spread)

@@ -1,7 +1,8 @@
 """From one meter's readings to its counter intervals, incrementally.
 
 Per meter the worker keeps a :class:`MeterCarry` (the counter's last reading,
-baseline and rate, the last power value, the carbon meter's CO2 counter) and
+baseline and rate, the power readings the next intervals read, the hidden
+fraction's range, the carbon meter's CO2 counter) and
 turns each micro-batch of readings into new :class:`compute.model.Intervals`
 with the unwrap kernel; an integer counter's shown counts are then refined with
 its power channel (``kernels.dequantise``: the energy hidden below one count,

@@ -148,11 +148,10 @@ def carry_from_json(raw: object) -> MeterCarry:
 def _held_power(ts: object, power: object) -> tuple[I64, F64]:
     """The held power readings; a carry written before they were lists held the last
     one alone (-1 and null: none yet)."""
-    if not isinstance(ts, list):
+    if not isinstance(ts, list) or not isinstance(power, list):
         ts, power = ([ts], [power]) if isinstance(ts, int) and ts >= 0 else ([], [])
-    assert isinstance(power, list)
-    return (np.array(ts, dtype=np.int64),
-            np.array([math.nan if p is None else float(p) for p in power], dtype=np.float64))
+    values = [math.nan if p is None else float(p) for p in power]  # type: ignore[arg-type]
+    return np.array(ts, dtype=np.int64), np.array(values, dtype=np.float64)
 
 
 def _fraction(v: object) -> kernels.FractionState | None:

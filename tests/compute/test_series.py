@@ -96,3 +96,24 @@ def test_a_refined_interval_of_no_counts_stays_measured() -> None:
     assert (iv["flags"] == 0).all() and (iv["estimated"] == 0).all()
     assert (iv["energy"][iv["energy"] > 0] < 0.1).any()  # refined, not whole counts
     assert abs(iv["energy"].sum() - 0.5) < 0.1  # the counts' total within one count
+
+
+def test_the_carry_round_trips_through_the_store_and_reads_the_old_layout() -> None:
+    """A restored worker holds exactly the power readings and hidden fraction it stored;
+    a carry stored before they were kept (one power value, no fraction) still loads."""
+    from compute.store import carry_from_json, carry_json
+
+    t = 1_700_000_000 * S
+    _, carry = _run([(t, 1000.0, t, 10.0), (t + 50 * S, 1000.1, t + 49 * S, np.nan),
+                     (None, 0.0, t + 99 * S, 12.0)], [])
+    back = carry_from_json(carry_json(carry))
+    assert np.array_equal(back.power_ts, carry.power_ts)
+    assert np.array_equal(back.power, carry.power, equal_nan=True)
+    assert back.fraction == carry.fraction and back.energy == carry.energy
+    old = carry_from_json({"energy": list(carry.energy), "co2": list(carry.co2),
+                           "power_ts": t, "power": 10.0})
+    assert old.power_ts.tolist() == [t] and old.power.tolist() == [10.0]
+    assert old.fraction is None
+    none_yet = carry_from_json({"energy": list(carry.energy), "co2": list(carry.co2),
+                                "power_ts": -1, "power": None})
+    assert len(none_yet.power_ts) == 0
