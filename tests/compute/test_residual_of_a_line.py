@@ -17,8 +17,6 @@ both residuals is exact.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -27,6 +25,7 @@ from compute.series import Readings
 from compute.site import SiteModel
 from compute.site_state import SiteState
 from compute.sitespec import site_view
+from tests.compute.two_asset_site import two_asset_model
 
 S = 10**9
 T0 = 1_764_000_000 * S
@@ -36,24 +35,13 @@ READ = {"SITE": (0, 60), "LINE": (0, 240), "FEED_A": (30, 60), "FEED_B": (30, 60
 
 
 def _model() -> SiteModel:
-    meter: dict[str, Any] = {"carrier": "electricity", "unit": "kWh", "rated": 2000.0,
-                             "commissioned": "2020-01-01T00:00:00Z"}
-    data = {
-        "site": "line-residual", "geography": "CN-SX", "grid_region": "CN-North",
-        "idle_policy": "unallocated", "final_timeout_s": 900.0,
-        "assets": {"A": {"line": "L1"}, "B": {"line": "L1"}},
-        "meters": {
-            "SITE": {**meter, "role": "parent", "children": ["LINE"], "assets": ["A", "B"],
-                     "rule": "equal"},
-            "LINE": {**meter, "role": "parent", "children": ["FEED_A", "FEED_B"],
-                     "assets": ["A", "B"], "rule": "equal"},
-            "FEED_A": {**meter, "asset": "A"},
-            "FEED_B": {**meter, "asset": "B"},
-        },
-        "products": {"p": {"name": "p", "declared_unit": "kilogram",
-                           "mass_per_declared_unit_kg": 1.0}},
-    }
-    return SiteModel.model_validate(data)
+    parent = {"role": "parent", "assets": ["A", "B"], "rule": "equal"}
+    return two_asset_model("line-residual", {
+        "SITE": {**parent, "children": ["LINE"]},
+        "LINE": {**parent, "children": ["FEED_A", "FEED_B"]},
+        "FEED_A": {"asset": "A"},
+        "FEED_B": {"asset": "B"},
+    })
 
 
 def _kw(meter: str, t: np.ndarray) -> np.ndarray:

@@ -18,8 +18,6 @@ moves after finality revises it, so the latest revision is its rows' sum.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -28,6 +26,7 @@ from compute.series import Readings
 from compute.site import SiteModel
 from compute.site_state import Outcome, SiteState
 from compute.sitespec import site_view
+from tests.compute.two_asset_site import two_asset_model
 
 S = 10**9
 T0 = 1_764_000_000 * S
@@ -38,24 +37,13 @@ SILENT = (2900, 5040)  # s: the PLC's outage (read again from 5040 s)
 
 
 def _model() -> SiteModel:
-    meter: dict[str, Any] = {"carrier": "electricity", "unit": "kWh", "rated": 1000.0,
-                             "commissioned": "2020-01-01T00:00:00Z"}
-    data = {
-        "site": "three-levels", "geography": "CN-SX", "grid_region": "CN-North",
-        "idle_policy": "unallocated", "final_timeout_s": 900.0,
-        "assets": {"A": {"line": "L1"}, "B": {"line": "L1"}},
-        "meters": {
-            "SITE": {**meter, "role": "parent", "children": ["LINE"], "assets": ["A", "B"],
-                     "rule": "equal"},
-            "LINE": {**meter, "role": "parent", "children": ["FEED", "PLC"],
-                     "assets": ["A", "B"], "rule": "equal"},
-            "FEED": {**meter, "asset": "A"},
-            "PLC": {**meter, "asset": "B"},
-        },
-        "products": {"p": {"name": "p", "declared_unit": "kilogram",
-                           "mass_per_declared_unit_kg": 1.0}},
-    }
-    return SiteModel.model_validate(data)
+    parent = {"role": "parent", "assets": ["A", "B"], "rule": "equal"}
+    return two_asset_model("three-levels", {
+        "SITE": {**parent, "children": ["LINE"]},
+        "LINE": {**parent, "children": ["FEED", "PLC"]},
+        "FEED": {"asset": "A"},
+        "PLC": {"asset": "B"},
+    })
 
 
 def _readings(lo_s: int, hi_s: int) -> dict[str, Readings]:
