@@ -15,15 +15,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.wire import BatchEvent, BatchFrame, Frame, encode, generate_private_key, public_key_b64
 
 ROOT = Path(__file__).resolve().parents[2]
 T0_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
+
+
+def publisher(host: str, port: int) -> mqtt.Client:
+    """An MQTT client connected to the broker with its network loop running (a gateway
+    publishing to the bridge)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gw-{time.monotonic_ns()}")
+    client.connect(host, port)
+    client.loop_start()
+    return client
 
 
 @dataclass

@@ -9,10 +9,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from ingest_helpers import Gateway, read_topic, wait_for
-from paho.mqtt.enums import CallbackAPIVersion
+from ingest_helpers import Gateway, publisher, read_topic, wait_for
 
 from deploy.procs import free_port
 from ingest.bridge import message_key
@@ -20,13 +18,6 @@ from ingest.migrate import migrate
 
 pytestmark = pytest.mark.services
 N = 400
-
-
-def publisher(host: str, port: int) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gw-{time.monotonic_ns()}")
-    client.connect(host, port)
-    client.loop_start()
-    return client
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -13,21 +13,13 @@ import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from ingest_helpers import Gateway, IngestProcess, read_topic, wait_for
-from paho.mqtt.enums import CallbackAPIVersion
+from ingest_helpers import Gateway, IngestProcess, publisher, read_topic, wait_for
 
 from edge.wire import MAGIC, canonical_bytes, encode
 from ingest.bridge import message_key
 from ingest.migrate import migrate
 
 pytestmark = pytest.mark.services
-
-
-def publisher(host: str, port: int) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gw-{time.monotonic_ns()}")
-    client.connect(host, port)
-    client.loop_start()
-    return client
 
 
 def headers(record: Any) -> dict[str, str]:
