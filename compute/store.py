@@ -142,10 +142,10 @@ def carry_from_json(raw: object) -> MeterCarry:
     d = raw if isinstance(raw, dict) else orjson.loads(raw)  # type: ignore[arg-type]
     return MeterCarry(kernels.CounterState(*_state(d["energy"])),
                       kernels.CounterState(*_state(d["co2"])),
-                      *_held_power(d["power_ts"], d["power"]), _fraction(d.get("fraction")))
+                      *_held_power_of(d["power_ts"], d["power"]), _fraction(d.get("fraction")))
 
 
-def _held_power(ts: object, power: object) -> tuple[I64, F64]:
+def _held_power_of(ts: object, power: object) -> tuple[I64, F64]:
     """The held power readings; a carry written before they were lists held the last
     one alone (-1 and null: none yet)."""
     if not isinstance(ts, list) or not isinstance(power, list):
