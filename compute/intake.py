@@ -248,16 +248,16 @@ def _collect(frame: Frame, keep: list[int] | None, routes: _Routes, site_in: Sit
 
 
 def _place_all(site_in: SiteInput, routes: _Routes, c: _SiteColumns) -> None:
-    """Per (meter, role) of the site, its readings sorted by time (stable), in the order
-    the columns first appeared."""
+    """Per (meter, role) of the site, its readings in the order they arrived (what
+    arrives out of order is for ``compute.series`` to refuse, whatever the micro-batch;
+    machine states are sorted by time), in the order the columns first appeared."""
     code, ts, value = np.concatenate(c.code), np.concatenate(c.ts), np.concatenate(c.value)
     used = code >= 0
     if not used.all():
         code, ts, value = code[used], ts[used], value[used]
     if len(code) == 0:
         return
-    by_ts = np.argsort(ts, kind="stable")
-    order = by_ts[np.argsort(code[by_ts], kind="stable")]
+    order = np.argsort(code, kind="stable")
     code, ts, value = code[order], ts[order], value[order]
     cut = np.flatnonzero(code[1:] != code[:-1]) + 1
     starts = np.concatenate([[0], cut])
@@ -271,9 +271,10 @@ def _place_all(site_in: SiteInput, routes: _Routes, c: _SiteColumns) -> None:
 
 
 def _place(site_in: SiteInput, meter: str, role: str, arrays: tuple[Any, Any]) -> None:
-    if role == "state":
+    if role == "state":  # changes with their source time stamps: kept in time order
         ts, value = arrays
-        site_in.states[meter] = (ts.tolist(), value.astype(np.int64).tolist())
+        by_ts = np.argsort(ts, kind="stable")
+        site_in.states[meter] = (ts[by_ts].tolist(), value[by_ts].astype(np.int64).tolist())
         return
     old = site_in.readings.get(meter, Readings((i64(), f64())))
     if role == "counter":

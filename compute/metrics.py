@@ -20,3 +20,6 @@ UNPUBLISHED = Counter("plantprint_compute_footprints_unpublished_total",
 UNROUTED = Counter("plantprint_compute_unrouted_total",
                    "Frames with readings the site model cannot place (unknown meter or unit)",
                    ["site"])
+OUT_OF_ORDER = Counter("plantprint_compute_readings_out_of_order_total",
+                       "Readings not used: older than a reading of their meter's channel that "
+                       "arrived before them", ["site"])

@@ -8,11 +8,18 @@ with the unwrap kernel; an integer counter's shown counts are then refined with
 its power channel (``kernels.dequantise``: the energy hidden below one count,
 never more than a count off). Cutting the stream anywhere gives the same intervals
 (the carry holds everything the next cut needs; tested). Readings of quality
-``bad`` are not counter values and are skipped (by intake); a reading not
-newer than the meter's last one (repeated, or out of order within the meter)
-is skipped and counted in the carry (``CounterState.skipped``). Readings that
-are in order but late — a meter back after its batches were final — become
-*late* intervals, which :mod:`compute.revise` takes up.
+``bad`` are not counter values and are skipped (by intake).
+
+Each channel's readings come in the order they arrived. One older than a reading
+of its channel that arrived before it (in this micro-batch or an earlier one) is
+*out of order*: it is not used and is counted (``MeterCarry.out_of_order``; the
+worker reports it). Sorting it into place instead would give a result that
+depends on whether it came in the same micro-batch as the newer reading, and
+the interval it would split may already be stored. A repeated time stamp is not
+out of order: the unwrap skips a repeated counter reading (``CounterState.skipped``),
+and of power readings the later holds. Readings that are in order but late — a
+meter back after its batches were final — become *late* intervals, which
+:mod:`compute.revise` takes up.
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ class MeterCarry:
     power: F64 = field(default_factory=f64)
     # an integer counter's hidden fraction (kernels.dequantise); None before its first interval
     fraction: kernels.FractionState | None = None
+    # readings not used for arriving out of order, since this carry was made or restored
+    # (for reporting; not stored)
+    out_of_order: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,22 +95,43 @@ def _power_at(t: I64, p_ts: I64, p_val: F64) -> F64:
     return f64(out)
 
 
+def in_arrival_order(ts: I64, value: F64, newest_ns: int) -> tuple[I64, F64, int]:
+    """A channel's readings of one micro-batch as they arrived, less every one older than
+    a reading that arrived before it (``newest_ns``: the newest of earlier micro-batches),
+    and how many those were. What is left never goes back in time."""
+    if not len(ts):
+        return ts, value, 0
+    before = np.maximum.accumulate(np.concatenate([np.array([newest_ns], np.int64), ts[:-1]]))
+    keep = ts >= before
+    if keep.all():
+        return ts, value, 0
+    return i64(ts[keep]), f64(value[keep]), int(len(ts) - np.count_nonzero(keep))
+
+
 def _held_power(carry: MeterCarry, p_ts: I64, p_val: F64) -> tuple[I64, F64]:
-    """The carry's held power readings and the micro-batch's, in time order (a stable
-    sort: of readings with one time stamp, the one that came last counts)."""
+    """The carry's held power readings, then the micro-batch's (``in_arrival_order``
+    already: of readings with one time stamp, the one that came last counts)."""
     if not len(carry.power_ts):
         return p_ts, p_val
-    all_ts = np.concatenate([carry.power_ts, p_ts])
-    all_val = np.concatenate([carry.power, p_val])
-    if len(p_ts) and p_ts[0] < carry.power_ts[-1]:
-        order = np.argsort(all_ts, kind="stable")
-        all_ts, all_val = all_ts[order], all_val[order]
-    return i64(all_ts), f64(all_val)
+    return (i64(np.concatenate([carry.power_ts, p_ts])),
+            f64(np.concatenate([carry.power, p_val])))
+
+
+def _in_order(carry: MeterCarry, rd: Readings) -> Readings:
+    """``rd`` with every out-of-order reading taken out (and counted in the carry)."""
+    held = int(carry.power_ts[-1]) if len(carry.power_ts) else kernels.NO_TS
+    counter = in_arrival_order(*rd.counter, carry.energy.last_ts)
+    power = in_arrival_order(*rd.power, held)
+    co2 = in_arrival_order(*rd.co2, carry.co2.last_ts)
+    carry.out_of_order += counter[2] + power[2] + co2[2]
+    return Readings(counter[:2], power[:2], co2[:2])
 
 
 def advance(carry: MeterCarry, spec: CounterSpec, rd: Readings,
             co2_spec: CounterSpec | None = None) -> Intervals:
-    """New intervals from one micro-batch; ``carry`` moves past them."""
+    """New intervals from one micro-batch (each channel's readings as they arrived);
+    ``carry`` moves past them."""
+    rd = _in_order(carry, rd)
     ts, value = rd.counter
     out = _unwrap(ts, value, carry.energy, spec)
     carry.energy = out.state

@@ -136,7 +136,11 @@ class SiteState:
             self.pending.batches.append(new)
 
     def apply_readings(self, per_meter: Mapping[str, Readings],
-                       states: Mapping[str, tuple[list[int], list[int]]]) -> None:
+                       states: Mapping[str, tuple[list[int], list[int]]]) -> dict[str, int]:
+        """Machine states and each meter's readings of a micro-batch, taken in. Returns
+        per meter how many of its readings were not used for arriving out of order
+        (``compute.series``; none: empty)."""
+        out_of_order: dict[str, int] = {}
         for asset, (ts, code) in states.items():
             self.states.setdefault(asset, StateChanges()).add(i64(ts), i64(code))
             self.pending.state_changes.extend((asset, t, c) for t, c in zip(ts, code,
@@ -146,7 +150,10 @@ class SiteState:
             if spec is None:
                 continue
             carry = self.carry.setdefault(meter, MeterCarry())
+            refused = carry.out_of_order
             new = advance(carry, spec, rd, self.view.co2.get(meter))
+            if carry.out_of_order != refused:
+                out_of_order[meter] = carry.out_of_order - refused
             if len(new) == 0:
                 continue
             self.data_now_ns = max(self.data_now_ns, int(new.end[-1]))
@@ -161,6 +168,7 @@ class SiteState:
             if late:
                 _append(self.pending.late, meter, new.slice(0, late))
             self._append_window(meter, new.slice(k, len(new)))
+        return out_of_order
 
     def _append_window(self, meter: str, new: Intervals) -> None:
         """``new`` after the meter's window, written into spare room at the end of its

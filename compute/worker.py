@@ -293,7 +293,8 @@ class ComputeWorker:
                     state.apply_event(*ev)
                 state.note_batch_marks(site_in.batch_marks)
                 self._report_unrouted(site, site_in.unknown_meters, site_in.unit_errors)
-                state.apply_readings(site_in.readings, site_in.states)
+                self._report_out_of_order(
+                    site, state.apply_readings(site_in.readings, site_in.states))
             for state in self.sites.values():
                 for out in self._evaluate(cur, state):
                     published.extend(_messages(state, out))
@@ -313,6 +314,18 @@ class ComputeWorker:
                 else:
                     logger.warning("%s: those readings are not used (fix the site model's unit "
                                    "or the edge profile)", what)
+
+    def _report_out_of_order(self, site: str, refused: dict[str, int]) -> None:
+        """Readings older than one of their channel that came before them: counted every
+        time, said once per meter (the raw readings stay in the database as landed)."""
+        for meter, n in sorted(refused.items()):
+            metrics.OUT_OF_ORDER.labels(site).inc(n)
+            if (site, f"out of order: {meter}") not in self._reported:
+                self._reported.add((site, f"out of order: {meter}"))
+                logger.warning("site %s: %d reading(s) of meter %s came after newer ones of "
+                               "their channel and are not used (out of order; counted in "
+                               "plantprint_compute_readings_out_of_order_total)", site, n,
+                               meter)
 
     def _evaluate(self, cur: Any, state: SiteState) -> list[Outcome]:
         """The site's outcome, written; then revisions from late data, written too."""

@@ -61,8 +61,15 @@ def factor_rows(ev: Evidence) -> list[FactorRow]:
 
 
 def _frames(ev: Evidence, site: str) -> list[Accepted]:
-    """The readings regrouped into the frames that carried them (gateway, seq)."""
-    rows = sorted(ev.tables["readings.jsonl"], key=lambda r: (r[6], r[7]))
+    """The readings regrouped into the frames that carried them, in the order they
+    arrived: a gateway's in sequence order (its spool and idempotent producer deliver
+    them so), gateways by their first reading (a meter moved to a new gateway: the old
+    one's first). Each channel is taken in that order (``compute.series``: a reading
+    older than one that came before it is not used, by the worker either)."""
+    first: dict[str, int] = {}
+    for r in ev.tables["readings.jsonl"]:
+        first[r[6]] = min(first.get(r[6], r[2]), r[2])
+    rows = sorted(ev.tables["readings.jsonl"], key=lambda r: (first[r[6]], r[6], r[7]))
     out = []
     for (gw, seq), grp in groupby(rows, key=lambda r: (r[6], r[7])):
         rs = list(grp)
