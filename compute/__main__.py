@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                                '(e.g. sites = { "demo-site" = "sites/small.toml" })')
         models = load_sites(cfg.compute.sites, args.config.parent)
         from compute.kernels_warm import warm_kernels
-        warm_kernels()  # the kernels load while the worker imports Kafka and joins its group
         from compute.worker import run_worker
+        # the kernels load while the worker checks the database and joins its group (it
+        # waits on the network); not while it imports, which needs the interpreter too
+        warm_kernels()
         run_worker(cfg, models)
         return 0
     except (ConfigError, ComputeError, IngestError) as exc:
