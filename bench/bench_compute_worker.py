@@ -195,7 +195,6 @@ import psycopg, pydantic
 _READY = 'print("ready", flush=True)  # timed to here, as the cold start (not the exit)\n'
 
 
-
 def _wall(argv: list[str], until: str | None = None,
           env: dict[str, str] | None = None) -> float:
     """Seconds from spawning ``argv`` to ``until`` on its stdout (or to its exit)."""

@@ -11,6 +11,9 @@ L1-CRUSHER-001 was "NOT confirmed" by 7e-5 kWh.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +24,7 @@ from compute.series import CounterSpec, MeterCarry, Readings, advance
 S = 10**9
 EM24 = CounterSpec(channel="energy", factor=1.0, wrap=2**32 * 0.1, resolution=0.1,
                    rated_per_h=500.0, gap_s=300.0)
+T = TypeVar("T")
 FIELDS = ("start", "end", "energy", "estimated", "flags", "p_start", "p_end")
 
 
@@ -40,20 +44,27 @@ def polls(draw: st.DrawFn) -> list[tuple[int | None, float, int | None, float]]:
     return out
 
 
-def _readings(part: list[tuple[int | None, float, int | None, float]]) -> Readings:
+def _readings(part: Sequence[tuple[int | None, float, int | None, float]]) -> Readings:
     c = [(t, v) for t, v, _p, _k in part if t is not None]
     p = sorted((t, k) for _t, _v, t, k in part if t is not None)
     return Readings((np.array([t for t, _ in c], np.int64), np.array([v for _, v in c])),
                     (np.array([t for t, _ in p], np.int64), np.array([k for _, k in p])))
 
 
-def _run(stream: list[tuple[int | None, float, int | None, float]], cuts: list[int]
-         ) -> tuple[list[Intervals], MeterCarry]:
+def _advance_in_cuts(items: Sequence[T], cuts: list[int],
+                     readings: Callable[[Sequence[T]], Readings]
+                     ) -> tuple[list[Intervals], MeterCarry]:
+    """``items`` in micro-batches cut at ``cuts``, each made into readings and advanced."""
     carry, out, lo = MeterCarry(), [], 0
-    for hi in [*sorted(set(cuts)), len(stream)]:
-        out.append(advance(carry, EM24, _readings(stream[lo:hi])))
+    for hi in [*sorted(set(cuts)), len(items)]:
+        out.append(advance(carry, EM24, readings(items[lo:hi])))
         lo = hi
     return out, carry
+
+
+def _run(stream: list[tuple[int | None, float, int | None, float]], cuts: list[int]
+         ) -> tuple[list[Intervals], MeterCarry]:
+    return _advance_in_cuts(stream, cuts, _readings)
 
 
 def _joined(parts: list[Intervals]) -> dict[str, I64 | F64]:
@@ -130,7 +141,7 @@ def _arrivals(stream: list[tuple[int | None, float, int | None, float]]) -> list
     return out
 
 
-def _as_readings(arrived: list[Arrival]) -> Readings:
+def _as_readings(arrived: Sequence[Arrival]) -> Readings:
     def channel(name: str) -> tuple[I64, F64]:
         got = [(t, v) for c, t, v in arrived if c == name]
         return np.array([t for t, _ in got], np.int64), np.array([v for _, v in got])
@@ -138,11 +149,7 @@ def _as_readings(arrived: list[Arrival]) -> Readings:
 
 
 def _advance_cut(arrived: list[Arrival], cuts: list[int]) -> tuple[list[Intervals], MeterCarry]:
-    carry, out, lo = MeterCarry(), [], 0
-    for hi in [*sorted(set(cuts)), len(arrived)]:
-        out.append(advance(carry, EM24, _as_readings(arrived[lo:hi])))
-        lo = hi
-    return out, carry
+    return _advance_in_cuts(arrived, cuts, _as_readings)
 
 
 @settings(deadline=None)
@@ -175,4 +182,3 @@ def test_a_reading_that_arrives_after_newer_ones_is_not_used_whatever_the_cut(
         assert np.array_equal(a[f], w[f], equal_nan=kind_f), f
         assert np.array_equal(b[f], w[f], equal_nan=kind_f), f
     assert carry_whole.out_of_order == carry_cut.out_of_order == len(arrived) - len(in_order)
-
